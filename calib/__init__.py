@@ -1,0 +1,1 @@
+"""Calibration data and its loaders (installed as compresskit.calib)."""

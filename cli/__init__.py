@@ -1,0 +1,1 @@
+"""compresskit command line (installed as compresskit.cli)."""

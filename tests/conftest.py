@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny random-init models of every supported family and a tiny offline tokenizer.
+
+Unit tests never touch the real model; they build 2-layer GQA models in code (seeded, float32).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+TINY_TEXT = (
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+    "What is the pass key? The pass key is 12345. Remember it. 0123456789 "
+    "A quick brown fox jumps over the lazy dog while the river runs to the sea. "
+) * 4
+
+
+def make_tiny_tokenizer(vocab_size: int = 320):
+    """A byte-level BPE tokenizer trained in memory (no downloads), wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([TINY_TEXT], trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+
+
+def make_tiny_config(family: str = "llama", vocab_size: int = 320, tie: bool = True, **overrides):
+    """2 layers, hidden 64, 4 query heads over 2 KV heads (GQA), intermediate 128."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    kw = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tie,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    kw.update(overrides)
+    cls = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}[family]
+    cfg = cls(**kw)
+    cfg._attn_implementation = "sdpa"
+    return cfg
+
+
+def make_tiny_model(family: str = "llama", seed: int = 0, **overrides):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = make_tiny_config(family, **overrides)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return make_tiny_tokenizer()
+
+
+@pytest.fixture(params=["llama", "qwen2", "mistral"])
+def tiny_model(request):
+    return make_tiny_model(request.param)
+
+
+@pytest.fixture
+def tiny_llama():
+    return make_tiny_model("llama")
