@@ -1,2 +1,16 @@
-"""compresskit: compression for long-context language models."""
+"""compresskit: compression for long-context language models.
+
+Importing it registers the ``compresskit`` quantization method with transformers, so that
+``AutoModelForCausalLM.from_pretrained`` loads compresskit checkpoints. Nothing heavier happens at
+import: no model, data or kernel is loaded.
+"""
 __version__ = "0.1.0"
+
+from .core.config import QuantConfig  # noqa: E402
+from .integrations.transformers_plugin import register as _register  # noqa: E402
+
+_register()
+
+from .api import evaluate, info, load_model, quantize, save  # noqa: E402
+
+__all__ = ["QuantConfig", "evaluate", "info", "load_model", "quantize", "save", "__version__"]

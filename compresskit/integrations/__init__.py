@@ -1,1 +1,1 @@
-"""compresskit.integrations"""
+"""Integrations with other libraries (transformers' quantizer registry)."""

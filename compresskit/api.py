@@ -1,0 +1,169 @@
+"""The Python API: the one module that composes the rooms (the CLI calls only this).
+
+    import compresskit
+    model, tok = compresskit.load_model("smollm2-135m")
+    before = compresskit.evaluate(model, tok, lengths=[1024])
+    compresskit.quantize(model, compresskit.QuantConfig(wbits=4, group_size=64))
+    after = compresskit.evaluate(model, tok, lengths=[1024])
+    compresskit.save(model, tok, "smollm2-w4g64", evaluation={"before": before, "after": after})
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from .core.config import QuantConfig
+from .core.fsutil import check_output_dir, dir_size_bytes
+from .core.manifest import QuantManifest
+from .models import DEFAULT_MODEL, load_pretrained, resolve_model
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    verify: bool = True,
+):
+    """``(model, tokenizer)`` for an embedded name (``smollm2-135m``), a local directory or a hub id.
+
+    Quantized compresskit checkpoints load too (their packed modules are rebuilt). ``verify``
+    checks the files against the manifest's sha256 sums.
+    """
+    return load_pretrained(name_or_path, dtype=dtype, device=device, verify=verify)
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantConfig | dict | None = None,
+    *,
+    calib: Any = None,
+    tokenizer: Any = None,
+    progress: Callable[[str], None] | None = None,
+    **overrides: Any,
+) -> QuantManifest:
+    """Quantize ``model`` in place; returns the manifest (also kept as ``model.compresskit_manifest``).
+
+    ``config`` is a `QuantConfig`, a dict of its fields, or None (fields from ``overrides``).
+    RTN needs no calibration data; ``calib`` is for calibrated methods.
+    """
+    from .quant import quantize_rtn
+
+    if config is None:
+        config = QuantConfig(**overrides)
+    elif isinstance(config, dict):
+        config = QuantConfig.from_dict({**config, **overrides})
+    elif overrides:
+        config = QuantConfig.from_dict({**config.to_dict(), **overrides})
+    methods = {"rtn": quantize_rtn}
+    manifest = methods[config.method](model, config, progress=progress)
+    model.compresskit_manifest = manifest
+    return manifest
+
+
+def heldout_text() -> str:
+    """The shipped held-out text (never used for calibration)."""
+    from .calib import heldout_text as _heldout
+
+    return _heldout()
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer: Any,
+    *,
+    tasks: tuple[str, ...] | list[str] = ("ppl", "passkey"),
+    lengths: tuple[int, ...] | list[int] = (1024,),
+    text: str | None = None,
+    ppl_windows: int | None = 8,
+    passkey_trials: int = 5,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+):
+    """Run evaluation tasks at each length; perplexity uses the shipped held-out text by default."""
+    from .eval import evaluate as _evaluate
+
+    if text is None and "ppl" in tasks:
+        text = heldout_text()
+    return _evaluate(model, tokenizer, tasks=tuple(tasks), lengths=tuple(lengths), text=text,
+                     ppl_windows=ppl_windows, passkey_trials=passkey_trials, seed=seed, progress=progress)
+
+
+def _manifest_of(model: nn.Module) -> QuantManifest | None:
+    manifest = getattr(model, "compresskit_manifest", None)
+    if manifest is not None:
+        return manifest
+    qcfg = getattr(model.config, "quantization_config", None)
+    if qcfg is not None and hasattr(qcfg, "manifest"):
+        return qcfg.manifest()
+    return None
+
+
+def save(
+    model: nn.Module,
+    tokenizer: Any,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    evaluation: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model (quantized or not) as safetensors + config.json, atomically.
+
+    Non-quantized float tensors are stored in the source checkpoint's dtype (bf16 for the embedded
+    model); scales as fp16. ``evaluation`` (JSON-able, or reports with ``to_dict``) goes into the
+    manifest. An existing ``path`` is refused unless ``overwrite``.
+    """
+    from .export import save_native
+
+    source = getattr(model, "compresskit_source", {}) or {}
+    storage = _DTYPES.get(str(source.get("dtype")), next(model.parameters()).dtype)
+    if not storage.is_floating_point:
+        storage = torch.float32
+    manifest = _manifest_of(model)
+    if manifest is not None and evaluation is not None:
+        manifest.evaluation = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in evaluation.items()}
+    return save_native(model, tokenizer, path, manifest, overwrite=overwrite, storage_dtype=storage)
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Fail before any work if ``path`` exists and ``overwrite`` is False."""
+    return check_output_dir(path, overwrite)
+
+
+def checkpoint_bytes(name_or_path: str | os.PathLike) -> int:
+    """Bytes of the weight files of a model directory (or embedded model)."""
+    return dir_size_bytes(resolve_model(name_or_path))
+
+
+def info(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """What a checkpoint is: architecture, sizes, and the compression recipe if any."""
+    path = Path(resolve_model(name_or_path))
+    config = json.loads((path / "config.json").read_text())
+    qcfg = config.get("quantization_config")
+    manifest = QuantManifest.from_dict(qcfg) if qcfg and qcfg.get("quant_method") == "compresskit" else None
+    return {
+        "path": str(path),
+        "model_type": config.get("model_type"),
+        "layers": config.get("num_hidden_layers"),
+        "hidden_size": config.get("hidden_size"),
+        "dtype": config.get("dtype") or config.get("torch_dtype"),
+        "weights_bytes": dir_size_bytes(path),
+        "quantization": None if manifest is None else {
+            "recipe": manifest.recipe.to_dict(),
+            "name": manifest.recipe.name,
+            "quantized_linears": len(manifest.linears),
+            "embeddings": manifest.embeddings.to_dict() if manifest.embeddings else None,
+            "skipped": manifest.skipped,
+            "compresskit_version": manifest.compresskit_version,
+            "base_model": manifest.base_model,
+            "evaluation": manifest.evaluation,
+        },
+        "foreign_quantization": qcfg if qcfg and manifest is None else None,
+    }

@@ -1,0 +1,74 @@
+"""Atomic outputs: a directory is written under a temporary name and renamed into place at the end.
+
+Nothing half-written is ever left at the destination: an error (or Ctrl-C) removes the temporary
+directory, and an existing destination is only replaced when the caller asked for it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class OutputExistsError(FileExistsError):
+    """The output path exists and overwriting was not asked for."""
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail early (before any work) if ``path`` cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"output path {path} exists and is a file; choose a directory path")
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output directory {path} already exists; pass --overwrite (overwrite=True) to replace it, "
+            "or choose another path"
+        )
+    return path
+
+
+@contextmanager
+def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary directory beside ``path``; on success it becomes ``path``."""
+    path = check_output_dir(path, overwrite).absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():  # overwrite was asked for: swap, then delete the old one
+        old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def dir_size_bytes(path: str | os.PathLike, suffixes: tuple[str, ...] = (".safetensors",)) -> int:
+    """Total size of the files with these suffixes under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and p.name.endswith(suffixes))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

