@@ -66,13 +66,21 @@ def gguf_path(spec: EmbeddedModel) -> Path:
 
 def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
     """Convert a GGUF file into an HF checkpoint directory (atomically)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype)
-    # the weights are now plain tensors: drop the loader's gguf marker so the checkpoint is ordinary
+    # dequantize=True unpacks every GGUF block into a plain dense model (transformers would
+    # otherwise keep the blocks packed); float32 is the loader's exact path, cast afterwards
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+    )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # drop the gguf marker: the checkpoint is an ordinary dense one
+        quantizer.remove_quantization_config(model)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    model = model.to(dtype)
     model.config.dtype = dtype
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
