@@ -4,9 +4,8 @@ Importing it registers the ``compresskit`` quantization method with transformers
 ``AutoModelForCausalLM.from_pretrained`` loads compresskit checkpoints. Nothing heavier happens at
 import: no model, data or kernel is loaded.
 """
-__version__ = "0.1.0"
-
-from .core.config import QuantConfig  # noqa: E402
+from .core.config import QuantConfig
+from .core.version import __version__
 from .integrations.transformers_plugin import register as _register  # noqa: E402
 
 _register()

@@ -17,10 +17,18 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .core.config import QuantConfig
-from .core.fsutil import check_output_dir, dir_size_bytes
+from .core.arch import UnsupportedArchitectureError
+from .core.config import ConfigError, QuantConfig
+from .core.fsutil import OutputExistsError, check_output_dir, dir_size_bytes, write_json_atomic
 from .core.manifest import QuantManifest
-from .models import DEFAULT_MODEL, load_pretrained, resolve_model
+from .models import DEFAULT_MODEL, CorruptCheckpointError, ModelNotFoundError, load_pretrained, resolve_model
+from .models.embedded import EmbeddedModelMissing
+
+# Errors caused by the user's input: front ends report them as one line, not a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError, UnsupportedArchitectureError, OutputExistsError, CorruptCheckpointError,
+    ModelNotFoundError, EmbeddedModelMissing, ValueError, FileNotFoundError,
+)
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -66,6 +74,27 @@ def quantize(
     manifest = methods[config.method](model, config, progress=progress)
     model.compresskit_manifest = manifest
     return manifest
+
+
+def count_quantizable(model: nn.Module, config: QuantConfig) -> int:
+    """How many linears ``config`` would quantize (raises on a bad setting, changing nothing)."""
+    from .quant import plan_linears
+
+    return len(plan_linears(model, config)[0])
+
+
+def eval_units(tokenizer: Any, tasks, lengths, *, text: str | None, ppl_windows: int | None,
+               passkey_trials: int) -> int:
+    """Progress units `evaluate` will report for these settings (to size a progress bar)."""
+    from .eval import count_tokens, total_units
+
+    return total_units(tuple(tasks), tuple(lengths), text_tokens=count_tokens(tokenizer, text) if text else 0,
+                       ppl_windows=ppl_windows, passkey_trials=passkey_trials)
+
+
+def write_report(path: str | os.PathLike, report: Any) -> None:
+    """Write a report (anything with ``to_dict``, or a dict) as JSON, atomically."""
+    write_json_atomic(path, report.to_dict() if hasattr(report, "to_dict") else report)
 
 
 def heldout_text() -> str:

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from ..core.version import __version__
 from ..core.arch import ArchSpec, get_arch, get_module, set_module
 from ..core.config import ConfigError, QuantConfig
 from ..core.formats import GPTQPacked, Int8Rows, check_layer_shape
@@ -40,10 +40,24 @@ def float_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
+def plan_embeddings(model: nn.Module, cfg: QuantConfig, arch: ArchSpec) -> bool:
+    """Whether the embedding (and lm_head) become int8 rows; raises before changing anything."""
+    if cfg.embed_bits == 16 or _matches(arch.embed, cfg.skip) or _matches(arch.lm_head, cfg.skip):
+        return False
+    if isinstance(get_module(model, arch.embed), Int8Embedding):
+        raise ConfigError(f"{arch.embed} is already quantized; start from the full-precision model")
+    head = get_module(model, arch.lm_head)
+    if getattr(head, "bias", None) is not None:
+        raise ConfigError(f"{arch.lm_head} has a bias, which int8 rows do not store; use embed_bits=16")
+    return True
+
+
 def plan_linears(model: nn.Module, cfg: QuantConfig) -> tuple[list[LayerPlan], dict[str, str]]:
     """The linears to quantize and the ones skipped (with why); raises before changing anything."""
     arch = get_arch(model)
     plans, skipped = [], {}
+    if not plan_embeddings(model, cfg, arch) and cfg.embed_bits == 8:
+        skipped[arch.embed] = skipped[arch.lm_head] = "in skip list (embeddings stay in float)"
     for name, module in arch.quantizable_linears(model).items():
         if isinstance(module, QuantLinear):
             raise ConfigError(f"{name} is already quantized; start from the full-precision model")
@@ -79,8 +93,6 @@ def quantize_embeddings(model: nn.Module, arch: ArchSpec) -> EmbeddingEntry:
     new_emb.load_rows(int8(emb.weight))
     set_module(model, arch.embed, new_emb)
     if head is not None:
-        if head.bias is not None:
-            raise ConfigError(f"{arch.lm_head} has a bias; keep embeddings in float with embed_bits=16")
         new_head = Int8Linear(head.in_features, head.out_features, dtype=dtype, device=device)
         set_module(model, arch.lm_head, new_head)
         if tied:
@@ -104,7 +116,7 @@ def quantize_linears(
         install_linear(model, plan, packed)
         if progress:
             progress(plan.name)
-    embeddings = quantize_embeddings(model, arch) if cfg.embed_bits == 8 else None
+    embeddings = quantize_embeddings(model, arch) if plan_embeddings(model, cfg, arch) else None
     return QuantManifest(
         recipe=cfg,
         linears={p.name: p.entry for p in plans},

@@ -1,0 +1,90 @@
+"""Terminal output for the CLI: progress bars, tables, and error messages."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar with an ETA; yields ``advance(n)``."""
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n=1: progress.advance(task, n)
+
+
+@contextmanager
+def status(message: str) -> Iterator[None]:
+    with console.status(message):
+        yield
+
+
+def fmt_score(row: Any) -> str:
+    if row is None:
+        return "-"
+    return f"{row.score:.3f}" if row.metric == "ppl" else f"{row.score:.0f}%"
+
+
+def comparison_table(title: str, before_bytes: int, after_bytes: int, before: Any, after: Any) -> Table:
+    """size + every (task, length) row of two eval reports, with the change."""
+    table = Table(title=title)
+    for col in ("metric", "before", "after", "change"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    ratio = after_bytes / before_bytes if before_bytes else float("nan")
+    table.add_row("size (MB)", f"{before_bytes / 1e6:.1f}", f"{after_bytes / 1e6:.1f}", f"{ratio:.1%} of original")
+    rows = (after or before).rows if (after or before) is not None else []
+    for row in rows:
+        b = before.get(row.task, row.length) if before is not None else None
+        a = after.get(row.task, row.length) if after is not None else None
+        if a is not None and b is not None:
+            change = f"{a.score / b.score:.3f}x" if row.metric == "ppl" else f"{a.score - b.score:+.0f} pts"
+        else:
+            change = "-"
+        label = "perplexity" if row.metric == "ppl" else row.task
+        table.add_row(f"{label} @ {row.length}", fmt_score(b), fmt_score(a), change)
+    return table
+
+
+def report_table(title: str, report: Any) -> Table:
+    table = Table(title=title)
+    header, *rows = report.table()
+    for col in header:
+        table.add_column(str(col))
+    for r in rows:
+        table.add_row(*map(str, r))
+    return table
+
+
+def info_table(info: dict[str, Any]) -> Table:
+    table = Table(title=info["path"], show_header=False)
+    table.add_column("key")
+    table.add_column("value")
+    for key in ("model_type", "layers", "hidden_size", "dtype"):
+        table.add_row(key, str(info.get(key)))
+    table.add_row("weights (MB)", f"{info['weights_bytes'] / 1e6:.1f}")
+    q = info.get("quantization")
+    if q is None:
+        table.add_row("quantization", "none" if not info.get("foreign_quantization") else
+                      f"{info['foreign_quantization'].get('quant_method')} (not compresskit)")
+        return table
+    table.add_row("recipe", q["name"])
+    for k, v in sorted(q["recipe"].items()):
+        table.add_row(f"  {k}", str(v))
+    table.add_row("quantized linears", str(q["quantized_linears"]))
+    table.add_row("embeddings", str(q["embeddings"]))
+    table.add_row("skipped", str(q["skipped"] or "none"))
+    table.add_row("base model", str(q["base_model"]))
+    table.add_row("compresskit", str(q["compresskit_version"]))
+    if q.get("evaluation"):
+        table.add_row("evaluation", ", ".join(q["evaluation"]))
+    return table

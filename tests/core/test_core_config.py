@@ -1,0 +1,169 @@
+"""core.config: validation, JSON round-trip, versioning, names; core.manifest round-trip."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from compresskit.core.config import CONFIG_VERSION, ConfigError, QuantConfig, check_group_size, dividing_group_sizes
+from compresskit.core.formats import FORMAT_VERSION
+from compresskit.core.manifest import EmbeddingEntry, LinearEntry, QuantManifest
+
+
+def test_defaults():
+    cfg = QuantConfig()
+    assert (cfg.method, cfg.wbits, cfg.group_size, cfg.sym, cfg.abits, cfg.embed_bits) == ("rtn", 4, 128, False, 16, 8)
+    assert cfg.skip == () and cfg.version == CONFIG_VERSION
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        QuantConfig(),
+        QuantConfig(wbits=3, group_size=64, sym=True, skip=["lm_head", "down_proj"], extra={"note": "x", "n": 3}),
+        QuantConfig(wbits=2, group_size=-1, ragged_last_group=True, embed_bits=16),
+        QuantConfig(wbits=8, group_size=32),
+    ],
+)
+def test_json_round_trip(cfg):
+    s = cfg.to_json()
+    d = json.loads(s)
+    assert isinstance(d["skip"], list)
+    back = QuantConfig.from_json(s)
+    assert back == cfg
+    assert isinstance(back.skip, tuple)
+    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_skip_list_becomes_tuple():
+    cfg = QuantConfig(skip=["a", "b"])
+    assert cfg.skip == ("a", "b")
+    hash(cfg.skip)
+
+
+def test_frozen():
+    cfg = QuantConfig()
+    with pytest.raises(AttributeError):
+        cfg.wbits = 8  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("wbits", [1, 5, 6, 16])
+def test_bad_wbits(wbits):
+    with pytest.raises(ConfigError) as ei:
+        QuantConfig(wbits=wbits)
+    msg = str(ei.value)
+    assert f"wbits={wbits}" in msg
+    for b in ("2", "3", "4", "8"):
+        assert b in msg.split("use one of", 1)[1]
+
+
+@pytest.mark.parametrize("gs", [100, 0, -2, 48, 16, 129])
+def test_bad_group_size(gs):
+    with pytest.raises(ConfigError, match=f"group_size={gs}"):
+        QuantConfig(group_size=gs)
+    with pytest.raises(ConfigError):
+        check_group_size(gs)
+
+
+@pytest.mark.parametrize("gs", [-1, 32, 64, 96, 128, 1024])
+def test_good_group_size(gs):
+    assert QuantConfig(group_size=gs).group_size == gs
+
+
+def test_abits_with_rtn():
+    with pytest.raises(ConfigError, match="omniquant"):
+        QuantConfig(abits=8)
+    with pytest.raises(ConfigError, match="abits=5"):
+        QuantConfig(abits=5)
+
+
+def test_other_bad_values():
+    with pytest.raises(ConfigError, match="method"):
+        QuantConfig(method="gptq")
+    with pytest.raises(ConfigError, match="embed_bits"):
+        QuantConfig(embed_bits=4)
+
+
+def test_from_dict_unknown_field():
+    d = QuantConfig().to_dict()
+    d["wbitz"] = 4
+    with pytest.raises(ConfigError, match="wbitz"):
+        QuantConfig.from_dict(d)
+
+
+def test_from_dict_newer_version():
+    d = QuantConfig().to_dict()
+    d["version"] = CONFIG_VERSION + 1
+    with pytest.raises(ConfigError, match="upgrade"):
+        QuantConfig.from_dict(d)
+
+
+def test_from_dict_validates_values():
+    d = QuantConfig().to_dict()
+    d["wbits"] = 5
+    with pytest.raises(ConfigError, match="wbits"):
+        QuantConfig.from_dict(d)
+
+
+def test_from_dict_partial_uses_defaults():
+    cfg = QuantConfig.from_dict({"wbits": 3, "group_size": 64})
+    assert cfg == QuantConfig(wbits=3, group_size=64)
+
+
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        (dict(), "rtn-w4g128"),
+        (dict(group_size=64), "rtn-w4g64"),
+        (dict(group_size=-1, sym=True), "rtn-w4pc-sym"),
+        (dict(wbits=3, group_size=32, sym=True), "rtn-w3g32-sym"),
+        (dict(wbits=8, group_size=-1), "rtn-w8pc"),
+    ],
+)
+def test_name(kw, name):
+    assert QuantConfig(**kw).name == name
+
+
+def test_dividing_group_sizes():
+    assert dividing_group_sizes(576) == [32, 64, 96, 192, 288, 576]
+    assert dividing_group_sizes(100) == []
+    assert dividing_group_sizes(4096, limit=256) == [32, 64, 128, 256]
+
+
+def _manifest() -> QuantManifest:
+    return QuantManifest(
+        recipe=QuantConfig(wbits=3, group_size=64, skip=("down_proj",)),
+        linears={"model.layers.0.self_attn.q_proj": LinearEntry(3, 64, False, True),
+                 "model.layers.0.mlp.up_proj": LinearEntry(3, 64, False)},
+        embeddings=EmbeddingEntry("model.embed_tokens", "lm_head", True),
+        skipped={"model.layers.0.mlp.down_proj": "in skip list"},
+        compresskit_version="0.1.0",
+        files={"model.safetensors": {"bytes": 10, "sha256": "ab"}},
+        evaluation={"ppl": 1.5},
+        base_model="tiny",
+    )
+
+
+def test_manifest_round_trip():
+    m = _manifest()
+    d = json.loads(json.dumps(m.to_dict()))
+    assert d["quant_method"] == "compresskit" and d["format"] == "gptq_v2"
+    assert d["format_version"] == FORMAT_VERSION
+    back = QuantManifest.from_dict(d)
+    assert back == m
+    assert list(back.linears) == list(m.linears)
+
+    m2 = QuantManifest(recipe=QuantConfig(group_size=64), linears={})
+    assert QuantManifest.from_dict(json.loads(json.dumps(m2.to_dict()))) == m2
+
+
+def test_manifest_errors():
+    d = _manifest().to_dict()
+    with pytest.raises(ConfigError, match="not a compresskit manifest"):
+        QuantManifest.from_dict({**d, "quant_method": "gptq"})
+    with pytest.raises(ConfigError, match="newer"):
+        QuantManifest.from_dict({**d, "format_version": FORMAT_VERSION + 1})
+    bad = json.loads(json.dumps(d))
+    bad["recipe"]["wbits"] = 5
+    with pytest.raises(ConfigError):
+        QuantManifest.from_dict(bad)
