@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 
 from .render import comparison_table, console, err_console, info_table, progress_bar, report_table, status
 
@@ -20,7 +21,8 @@ def _run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except api.USER_ERRORS as e:
-        err_console.print(f"[bold red]error:[/] {e}")
+        # escaped: a path like "runs/[v2]" is text, not rich markup; soft_wrap: one line even when piped
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2)
 
 
@@ -49,7 +51,7 @@ def quantize(
     wbits: int = typer.Option(4, help="weight bits: 2, 3, 4 or 8"),
     group_size: int = typer.Option(128, help="input channels per scale; -1 for per-channel"),
     sym: bool = typer.Option(False, "--sym", help="symmetric quantization (zero point fixed at 2^(bits-1))"),
-    ragged_last_group: bool = typer.Option(False, help="allow a smaller last group when the group size does not divide"),
+    ragged_last_group: bool = typer.Option(False, "--ragged-last-group", help="allow a smaller last group when the group size does not divide"),
     embed_bits: int = typer.Option(8, help="token embedding / lm_head storage: 8 (int8 rows) or 16 (float)"),
     skip: list[str] = typer.Option([], help="module name (or suffix) to keep in full precision; repeatable"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
@@ -72,10 +74,10 @@ def quantize(
     with status(f"loading {model}"):
         m, tok = _run(lambda: api.load_model(model))
         before_bytes = api.checkpoint_bytes(model)
+    n_layers = _run(lambda: api.count_quantizable(m, config))  # bad layer shapes fail before the evaluation
     before = _run(lambda: _evaluate(api, m, tok, "original", task_list, length_list, ppl_windows,
                                     passkey_trials, seed)) if evaluate else None
     t0 = time.perf_counter()
-    n_layers = _run(lambda: api.count_quantizable(m, config))
     with progress_bar(f"quantizing {config.name}", n_layers) as advance:
         _run(lambda: api.quantize(m, config, progress=lambda name: advance(1)))
     quant_seconds = time.perf_counter() - t0

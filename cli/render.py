@@ -5,6 +5,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -19,13 +20,13 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
     ) as progress:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(escape(description), total=total)
         yield lambda n=1: progress.advance(task, n)
 
 
 @contextmanager
 def status(message: str) -> Iterator[None]:
-    with console.status(message):
+    with console.status(escape(message)):
         yield
 
 
@@ -37,7 +38,7 @@ def fmt_score(row: Any) -> str:
 
 def comparison_table(title: str, before_bytes: int, after_bytes: int, before: Any, after: Any) -> Table:
     """size + every (task, length) row of two eval reports, with the change."""
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for col in ("metric", "before", "after", "change"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     ratio = after_bytes / before_bytes if before_bytes else float("nan")
@@ -56,7 +57,7 @@ def comparison_table(title: str, before_bytes: int, after_bytes: int, before: An
 
 
 def report_table(title: str, report: Any) -> Table:
-    table = Table(title=title)
+    table = Table(title=escape(title))
     header, *rows = report.table()
     for col in header:
         table.add_column(str(col))
@@ -66,7 +67,7 @@ def report_table(title: str, report: Any) -> Table:
 
 
 def info_table(info: dict[str, Any]) -> Table:
-    table = Table(title=info["path"], show_header=False)
+    table = Table(title=escape(info["path"]), show_header=False)
     table.add_column("key")
     table.add_column("value")
     for key in ("model_type", "layers", "hidden_size", "dtype"):
@@ -83,7 +84,7 @@ def info_table(info: dict[str, Any]) -> Table:
     table.add_row("quantized linears", str(q["quantized_linears"]))
     table.add_row("embeddings", str(q["embeddings"]))
     table.add_row("skipped", str(q["skipped"] or "none"))
-    table.add_row("base model", str(q["base_model"]))
+    table.add_row("base model", escape(str(q["base_model"])))
     table.add_row("compresskit", str(q["compresskit_version"]))
     if q.get("evaluation"):
         table.add_row("evaluation", ", ".join(q["evaluation"]))

@@ -80,3 +80,16 @@ def tiny_model(request):
 @pytest.fixture
 def tiny_llama():
     return make_tiny_model("llama")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_for_unit_tests(request):
+    """Unit tests use tiny tensors: intra-op threads only add overhead (a lot on a busy 2-core box).
+    Integration tests on the real model keep torch's default."""
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

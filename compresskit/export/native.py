@@ -57,7 +57,7 @@ def write_safetensors(state: dict[str, torch.Tensor], out: Path, max_shard_bytes
     weight_map = {}
     for i, shard in enumerate(shards, 1):
         name = "model.safetensors" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out / name), metadata={"format": "pt", "producer": "compresskit"})
+        save_file(shard, str(out / name), metadata={"format": "pt"})
         os.chmod(out / name, 0o644)  # safetensors creates 0600 files; checkpoints are meant to be shared
         files[name] = {"bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
         weight_map.update({k: name for k in shard})

@@ -5,7 +5,6 @@ import json
 from types import SimpleNamespace
 
 import pytest
-import torch
 import torch.nn as nn
 from conftest import make_tiny_config, make_tiny_model
 
@@ -26,14 +25,6 @@ from compresskit.core.fsutil import (
     write_json_atomic,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids pool overhead on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 FAMILIES = ("llama", "qwen2", "mistral")

@@ -11,14 +11,6 @@ from compresskit.core.formats import GPTQPacked, Int8Rows, check_layer_shape
 from compresskit.core.quant_math import compute_qparams, dequantize, quantize, quantize_rows_int8
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids pool overhead on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 SHAPES = [
     # (in, out, bits, group_size)

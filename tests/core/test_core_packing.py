@@ -7,14 +7,6 @@ import torch
 from compresskit.core.packing import block_shape, pack_int, packed_len, unpack_int
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids pool overhead on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 BITS = (2, 3, 4, 8)
 LEADING = ((), (1,), (3,), (2, 5))

@@ -16,14 +16,6 @@ from compresskit.core.quant_math import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids pool overhead on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def gaussian(out_f, in_f, seed=0, std=1.0):
     g = torch.Generator().manual_seed(seed)

