@@ -4,7 +4,7 @@ Importing it registers the ``compresskit`` quantization method with transformers
 ``AutoModelForCausalLM.from_pretrained`` loads compresskit checkpoints. Nothing heavier happens at
 import: no model, data or kernel is loaded.
 """
-from .core.config import QuantConfig
+from .core.config import OmniQuantConfig, QuantConfig
 from .core.version import __version__
 from .integrations.transformers_plugin import register as _register  # noqa: E402
 
@@ -12,4 +12,4 @@ _register()
 
 from .api import evaluate, info, load_model, quantize, save  # noqa: E402
 
-__all__ = ["QuantConfig", "evaluate", "info", "load_model", "quantize", "save", "__version__"]
+__all__ = ["OmniQuantConfig", "QuantConfig", "evaluate", "info", "load_model", "quantize", "save", "__version__"]

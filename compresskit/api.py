@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .core.arch import UnsupportedArchitectureError
-from .core.config import ConfigError, QuantConfig
+from .core.config import ConfigError, OmniQuantConfig, QuantConfig
 from .core.fsutil import OutputExistsError, check_output_dir, dir_size_bytes, write_json_atomic
 from .core.manifest import QuantManifest
 from .models import DEFAULT_MODEL, CorruptCheckpointError, ModelNotFoundError, load_pretrained, resolve_model
@@ -54,26 +54,59 @@ def quantize(
     *,
     calib: Any = None,
     tokenizer: Any = None,
-    progress: Callable[[str], None] | None = None,
+    work_dir: str | os.PathLike | None = None,
+    progress: Callable[..., None] | None = None,
     **overrides: Any,
 ) -> QuantManifest:
     """Quantize ``model`` in place; returns the manifest (also kept as ``model.compresskit_manifest``).
 
-    ``config`` is a `QuantConfig`, a dict of its fields, or None (fields from ``overrides``).
-    RTN needs no calibration data; ``calib`` is for calibrated methods.
+    ``config`` is a `QuantConfig` / `OmniQuantConfig`, a dict of fields (``method`` picks the class),
+    or None (fields from ``overrides``). RTN needs no data. OmniQuant calibrates on ``calib``: a
+    ``[nsamples, seqlen]`` LongTensor of token ids, or a source spec (``"builtin"``, ``"file:PATH"``,
+    ``"generated"``, ``"hf:NAME"``; default ``config.calib``) tokenized with ``tokenizer``.
+    ``work_dir`` keeps per-block checkpoints so an interrupted OmniQuant run resumes.
+    ``progress(message, advance=1)`` is called per layer (RTN) or per block epoch (OmniQuant).
     """
-    from .quant import quantize_rtn
+    config = make_config(config, **overrides)
+    if isinstance(config, OmniQuantConfig):
+        from .quant.omniquant import quantize_omniquant
 
-    if config is None:
-        config = QuantConfig(**overrides)
-    elif isinstance(config, dict):
-        config = QuantConfig.from_dict({**config, **overrides})
-    elif overrides:
-        config = QuantConfig.from_dict({**config.to_dict(), **overrides})
-    methods = {"rtn": quantize_rtn}
-    manifest = methods[config.method](model, config, progress=progress)
+        ids = calibration_ids(model, tokenizer, config, calib)
+        manifest = quantize_omniquant(model, config, ids, work_dir=None if work_dir is None else str(work_dir),
+                                      progress=progress)
+    else:
+        from .quant import quantize_rtn
+
+        manifest = quantize_rtn(model, config, progress=progress)
     model.compresskit_manifest = manifest
     return manifest
+
+
+def make_config(config: QuantConfig | dict | None = None, **overrides: Any) -> QuantConfig:
+    """A validated config from a config object, a dict, and/or keyword overrides."""
+    if config is None:
+        return QuantConfig.from_dict({"method": "rtn", **overrides})
+    if isinstance(config, dict):
+        return QuantConfig.from_dict({**config, **overrides})
+    return QuantConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
+
+
+def calibration_ids(model: nn.Module, tokenizer: Any, config: OmniQuantConfig, calib: Any = None) -> torch.Tensor:
+    """``[nsamples, seqlen]`` token ids for calibration, checked against the model's context."""
+    if isinstance(calib, torch.Tensor):
+        ids = calib.long()
+    else:
+        from .calib import build_samples
+
+        if tokenizer is None:
+            raise ValueError("calibration from a text source needs the tokenizer: quantize(..., tokenizer=tok)")
+        ids = build_samples(tokenizer, calib or config.calib, config.nsamples, config.seqlen, seed=config.seed,
+                            model=model)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and ids.shape[1] > context:
+        raise ValueError(f"calibration seqlen {ids.shape[1]} exceeds the model's context {context}; "
+                         f"use --seqlen {context} or less")
+    return ids
 
 
 def count_quantizable(model: nn.Module, config: QuantConfig) -> int:
@@ -81,6 +114,16 @@ def count_quantizable(model: nn.Module, config: QuantConfig) -> int:
     from .quant import plan_linears
 
     return len(plan_linears(model, config)[0])
+
+
+def progress_units(model: nn.Module, config: QuantConfig) -> int:
+    """How many progress units `quantize` reports: linears (RTN) or blocks x epochs (OmniQuant)."""
+    if isinstance(config, OmniQuantConfig):
+        count_quantizable(model, config)  # validate first
+        from .core.arch import get_arch
+
+        return len(get_arch(model).blocks_of(model)) * config.epochs
+    return count_quantizable(model, config)
 
 
 def eval_units(tokenizer: Any, tasks, lengths, *, text: str | None, ppl_windows: int | None,

@@ -11,7 +11,7 @@ from typing import Any
 
 SUPPORTED_WBITS = (2, 3, 4, 8)
 SUPPORTED_ABITS = (4, 6, 8, 16)
-SUPPORTED_METHODS = ("rtn",)
+SUPPORTED_METHODS = ("rtn", "omniquant")
 SUPPORTED_EMBED_BITS = (8, 16)
 CONFIG_VERSION = 1
 
@@ -57,8 +57,6 @@ class QuantConfig:
             )
         if self.abits not in SUPPORTED_ABITS:
             raise ConfigError(f"abits={self.abits} is not supported; use one of {SUPPORTED_ABITS}")
-        if self.abits != 16 and self.method == "rtn":
-            raise ConfigError("weight-activation quantization (abits < 16) needs --method omniquant")
         check_group_size(self.group_size)
         if self.embed_bits not in SUPPORTED_EMBED_BITS:
             raise ConfigError(f"embed_bits={self.embed_bits} is not supported; use 8 or 16")
@@ -78,6 +76,9 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
+        """Build the config class of ``d["method"]`` (``QuantConfig`` for rtn)."""
+        if cls is QuantConfig and d.get("method") in METHOD_CONFIGS:
+            cls = METHOD_CONFIGS[d["method"]]
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -98,6 +99,58 @@ class QuantConfig:
     @classmethod
     def from_json(cls, s: str) -> "QuantConfig":
         return cls.from_dict(json.loads(s))
+
+
+@dataclass(frozen=True)
+class OmniQuantConfig(QuantConfig):
+    """OmniQuant (Shao et al., ICLR 2024): learnable weight clipping and equivalent transformation,
+    trained block by block against the full-precision block's output.
+
+    - ``lwc`` / ``let``: learn clipping factors / equivalent-transformation scales.
+    - ``epochs``: passes over the calibration samples per block (published: 20; 40 for W2).
+    - ``nsamples`` x ``seqlen``: calibration tokens; ``seqlen`` up to the model's context.
+    - ``lr_lwc`` / ``lr_let``: AdamW learning rates (published 1e-2 / 5e-3), no weight decay.
+    - ``let_alpha``: SmoothQuant migration strength for the LET init (None: 0.75 for W4A4, else 0.5).
+    - ``batch_size``: samples per optimizer step (micro-batches bound activation memory).
+    - ``calib``: calibration source (see ``compresskit.calib.parse_source``).
+    - ``max_retries``: on a NaN/inf loss, restore the block's last good parameters and retry with
+      the learning rates divided by 10, this many times; then fall back to RTN for that block.
+    """
+
+    method: str = "omniquant"
+    lwc: bool = True
+    let: bool = True
+    epochs: int = 20
+    nsamples: int = 128
+    seqlen: int = 2048
+    lr_lwc: float = 1e-2
+    lr_let: float = 5e-3
+    let_alpha: float | None = None
+    batch_size: int = 1
+    calib: str = "builtin"
+    seed: int = 0
+    max_retries: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("epochs", "nsamples", "batch_size"):
+            if getattr(self, name) < (0 if name == "epochs" else 1):
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        if self.seqlen < 2:
+            raise ConfigError(f"seqlen={self.seqlen} must be at least 2")
+        if self.nsamples % self.batch_size:
+            raise ConfigError(f"nsamples={self.nsamples} must be a multiple of batch_size={self.batch_size}")
+        if self.let_alpha is not None and not 0.0 <= self.let_alpha <= 1.0:
+            raise ConfigError(f"let_alpha={self.let_alpha} must lie in [0, 1]")
+
+    @property
+    def alpha(self) -> float:
+        if self.let_alpha is not None:
+            return self.let_alpha
+        return 0.75 if (self.wbits, self.abits) == (4, 4) else 0.5
+
+
+METHOD_CONFIGS: dict[str, type[QuantConfig]] = {"rtn": QuantConfig, "omniquant": OmniQuantConfig}
 
 
 def check_group_size(group_size: int) -> None:

@@ -21,9 +21,11 @@ class LinearEntry:
     group_size: int
     sym: bool
     bias: bool = False
+    abits: int = 16  # < 16: inputs are fake-quantized per token at run time (simulated W-A)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bits": self.bits, "group_size": self.group_size, "sym": self.sym, "bias": self.bias}
+        return {"bits": self.bits, "group_size": self.group_size, "sym": self.sym, "bias": self.bias,
+                "abits": self.abits}
 
 
 @dataclass
@@ -50,6 +52,7 @@ class QuantManifest:
     files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {"bytes", "sha256"}
     evaluation: dict[str, Any] | None = None
     base_model: str | None = None
+    report: dict[str, Any] | None = None  # what the method did (per-block losses, fallbacks, timings)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +67,7 @@ class QuantManifest:
             "files": dict(self.files),
             "evaluation": self.evaluation,
             "base_model": self.base_model,
+            "report": self.report,
         }
 
     @classmethod
@@ -87,4 +91,5 @@ class QuantManifest:
             files=dict(d.get("files", {})),
             evaluation=d.get("evaluation"),
             base_model=d.get("base_model"),
+            report=d.get("report"),
         )

@@ -121,3 +121,44 @@ def sqnr_db(reference: torch.Tensor, approx: torch.Tensor) -> float:
     ref = reference.double()
     noise = (ref - approx.double()).pow(2).sum()
     return float(10 * torch.log10(ref.pow(2).sum() / noise.clamp(min=1e-30)))
+
+
+# --- differentiable forms, for calibration (straight-through rounding) ---------------------------
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity gradient in the backward pass."""
+    return (x.round() - x).detach() + x
+
+
+def group_minmax(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable per-(row, group) min and max of ``w`` [out, in] -> two ``[out, groups]``."""
+    return _group_reduce(w, group_size, "min"), _group_reduce(w, group_size, "max")
+
+
+def fake_quantize_ste(
+    w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int
+) -> torch.Tensor:
+    """``scale * (clamp(round(w / scale) + zero, 0, 2^b - 1) - zero)`` with straight-through rounding;
+    gradients reach ``w`` and ``scale`` (``zero`` is treated as a constant)."""
+    in_f = w.shape[1]
+    s = _expand(scale, in_f, group_size)
+    z = _expand(zero.detach().to(s.dtype), in_f, group_size)
+    q = torch.clamp(round_ste(w / s) + z, 0, 2**bits - 1)
+    return (q - z) * s
+
+
+def quantize_activations(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """Dynamic per-token asymmetric fake quantization of activations (last dim = channels).
+
+    Straight-through rounding, so it can sit inside a calibration graph; identity for bits >= 16.
+    """
+    if bits >= 16:
+        return x
+    maxq = 2**bits - 1
+    xf = x.float()
+    xmin = xf.amin(dim=-1, keepdim=True).clamp(max=0)
+    xmax = xf.amax(dim=-1, keepdim=True).clamp(min=0)
+    scale = ((xmax - xmin) / maxq).clamp(min=SCALE_MIN)
+    zero = torch.round(-xmin / scale).detach()
+    q = torch.clamp(round_ste(xf / scale) + zero, 0, maxq)
+    return ((q - zero) * scale).to(x.dtype)

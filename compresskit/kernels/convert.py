@@ -18,7 +18,7 @@ def install_empty_modules(model: nn.Module, manifest: QuantManifest, dtype: torc
     for name, entry in manifest.linears.items():
         dense = get_module(model, name)
         qlin = QuantLinear(dense.in_features, dense.out_features, entry.bits, entry.group_size,
-                           bias=entry.bias, dtype=dtype, device=device)
+                           bias=entry.bias, dtype=dtype, device=device, abits=entry.abits)
         set_module(model, name, qlin)
     if manifest.embeddings is not None:
         install_int8_embeddings(model, manifest.embeddings, dtype, device)

@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from ..core.formats import GPTQPacked, Int8Rows
+from ..core.quant_math import quantize_activations
 from . import reference
 
 
@@ -24,10 +25,11 @@ class QuantLinear(nn.Module):
         bias: bool = False,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
+        abits: int = 16,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.bits, self.group_size = bits, group_size
+        self.bits, self.group_size, self.abits = bits, group_size, abits
         self.backend = "torch"
         specs = GPTQPacked.tensor_specs(in_features, out_features, bits, group_size)
         for name, (shape, tdtype) in specs.items():
@@ -37,8 +39,10 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, device=device) if bias else None)
 
     @classmethod
-    def from_packed(cls, packed: GPTQPacked, bias: torch.Tensor | None, dtype: torch.dtype) -> "QuantLinear":
-        m = cls(packed.in_features, packed.out_features, packed.bits, packed.group_size, bias is not None, dtype)
+    def from_packed(cls, packed: GPTQPacked, bias: torch.Tensor | None, dtype: torch.dtype,
+                    abits: int = 16) -> "QuantLinear":
+        m = cls(packed.in_features, packed.out_features, packed.bits, packed.group_size, bias is not None, dtype,
+                abits=abits)
         for name, t in packed.tensors().items():
             getattr(m, name).copy_(t)
         if bias is not None:
@@ -52,11 +56,14 @@ class QuantLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.abits < 16:  # simulated weight-activation quantization: no integer kernel here
+            x = quantize_activations(x, self.abits)
         return reference.gptq_linear(x, self.packed(), self.bias)
 
     def extra_repr(self) -> str:
         g = "per-channel" if self.group_size == -1 else f"group_size={self.group_size}"
-        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, {g}, backend={self.backend}"
+        a = "" if self.abits >= 16 else f", abits={self.abits} (simulated)"
+        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, {g}{a}, backend={self.backend}"
 
 
 class _Int8Rows(nn.Module):

@@ -66,14 +66,14 @@ def plan_linears(model: nn.Module, cfg: QuantConfig) -> tuple[list[LayerPlan], d
             continue
         check_layer_shape(name, module.in_features, module.out_features, cfg.wbits, cfg.group_size,
                           cfg.ragged_last_group)
-        entry = LinearEntry(cfg.wbits, cfg.group_size, cfg.sym, module.bias is not None)
+        entry = LinearEntry(cfg.wbits, cfg.group_size, cfg.sym, module.bias is not None, cfg.abits)
         plans.append(LayerPlan(name, module, entry))
     return plans, skipped
 
 
 def install_linear(model: nn.Module, plan: LayerPlan, packed: GPTQPacked) -> None:
     bias = None if plan.module.bias is None else plan.module.bias.detach()
-    qlin = QuantLinear.from_packed(packed, bias, dtype=plan.module.weight.dtype)
+    qlin = QuantLinear.from_packed(packed, bias, dtype=plan.module.weight.dtype, abits=plan.entry.abits)
     set_module(model, plan.name, qlin.to(plan.module.weight.device))
 
 

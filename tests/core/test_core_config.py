@@ -70,11 +70,23 @@ def test_good_group_size(gs):
     assert QuantConfig(group_size=gs).group_size == gs
 
 
-def test_abits_with_rtn():
-    with pytest.raises(ConfigError, match="omniquant"):
-        QuantConfig(abits=8)
+def test_abits_values():
+    assert QuantConfig(abits=8).name == "rtn-w4a8g128"  # RTN W-A is the baseline OmniQuant is measured against
     with pytest.raises(ConfigError, match="abits=5"):
         QuantConfig(abits=5)
+
+
+def test_omniquant_config_round_trips_through_the_method_dispatch():
+    from compresskit.core.config import OmniQuantConfig
+
+    cfg = OmniQuantConfig(wbits=3, group_size=64, epochs=2, nsamples=8, seqlen=256, batch_size=2)
+    back = QuantConfig.from_json(cfg.to_json())
+    assert type(back) is OmniQuantConfig and back == cfg
+    assert OmniQuantConfig(wbits=4, abits=4).alpha == 0.75 and cfg.alpha == 0.5
+    with pytest.raises(ConfigError, match="multiple of batch_size"):
+        OmniQuantConfig(nsamples=5, batch_size=2)
+    with pytest.raises(ConfigError, match="let_alpha"):
+        OmniQuantConfig(let_alpha=1.5)
 
 
 def test_other_bad_values():

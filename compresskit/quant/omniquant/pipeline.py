@@ -1,0 +1,148 @@
+"""OmniQuant's block loop: two activation streams carried through the model.
+
+- capture the inputs of block 0 for the calibration samples;
+- for each block: the fp block on the fp stream gives the target; LWC/LET are trained so the
+  quantized block on the quantized stream matches it; fold, pack, install; push both streams on.
+Streams live on the CPU in float32 and are moved to the block's device one micro-batch at a time,
+so memory is one block plus ``batch_size`` samples of activations (plus the streams in host RAM).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ...core.arch import get_arch, get_module
+from ...core.config import OmniQuantConfig
+from ...core.manifest import QuantManifest
+from ...core.version import __version__
+from ..apply import plan_embeddings, plan_linears, quantize_embeddings
+from .block import BlockQuantizer, BlockReport
+from .let import Geometry
+from .state import StateStore, tensor_fingerprint
+
+Progress = Callable[..., None]  # progress(message, advance=1)
+
+
+class _Captured(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Hidden states entering block 0 ``[N, L, H]`` (CPU, float32) and the block's other arguments."""
+    arch = get_arch(model)
+    block0 = arch.blocks_of(model)[0]
+    device = next(model.parameters()).device
+    inputs, kwargs = [], {}
+
+    def grab(module, args, kw):
+        inputs.append((args[0] if args else kw["hidden_states"]).detach().float().cpu())
+        if not kwargs:
+            kwargs.update({k: v for k, v in kw.items() if k not in ("hidden_states", "cache", "past_key_values")})
+            kwargs["use_cache"] = False
+        raise _Captured
+
+    handle = block0.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for chunk in ids.split(batch_size):
+            try:
+                model(chunk.to(device), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(inputs), kwargs
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any], batch_size: int,
+              stats_of: dict[str, nn.Module] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The block over a whole stream, micro-batch by micro-batch; optionally the per-channel absmax
+    of the inputs of ``stats_of`` modules (for LET's initialisation)."""
+    device = next(block.parameters()).device
+    stats: dict[str, torch.Tensor] = {}
+    hooks = []
+    for key, module in (stats_of or {}).items():
+        def hook(m, args, key=key):
+            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float().cpu()
+            stats[key] = a if key not in stats else torch.maximum(stats[key], a)
+        hooks.append(module.register_forward_pre_hook(hook))
+    outs = []
+    try:
+        for xb in x.split(batch_size):
+            out = block(xb.to(device), **kwargs)
+            outs.append((out[0] if isinstance(out, tuple) else out).float().cpu())
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat(outs), stats
+
+
+def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.Tensor, *,
+                       work_dir: str | None = None, progress: Progress | None = None) -> QuantManifest:
+    """Quantize ``model`` in place with OmniQuant on ``calib_ids`` ``[nsamples, seqlen]``."""
+    plans, skipped = plan_linears(model, cfg)  # validates every layer before anything changes
+    arch, geo = get_arch(model), Geometry.from_config(model.config)
+    quantize_emb = plan_embeddings(model, cfg, arch)
+    blocks = arch.blocks_of(model)
+    entries = [{p.name.split(".", len(arch.blocks.split(".")) + 1)[-1]: p.entry
+                for p in plans if p.name.startswith(f"{arch.blocks}.{i}.")} for i in range(len(blocks))]
+    store = None
+    if work_dir is not None:
+        store = StateStore(work_dir, {"recipe": cfg.to_dict(), "model": getattr(model.config, "_name_or_path", ""),
+                                      "layers": len(blocks), "calib": tensor_fingerprint(calib_ids)})
+    torch.manual_seed(cfg.seed)
+    fp_stream, kwargs = capture_block_inputs(model, calib_ids, cfg.batch_size)
+    q_stream = fp_stream.clone()
+    reports: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    for i, block in enumerate(blocks):
+        stats_of = {"qkv": get_module(block, arch.q_proj), "o": get_module(block, arch.o_proj),
+                    "fc1": get_module(block, arch.gate_proj)} if cfg.let else None
+        fp_out, stats = run_block(block, fp_stream, kwargs, cfg.batch_size, stats_of)
+        bq = BlockQuantizer(block, arch, geo, cfg, entries[i])
+        saved = store.load(i) if store else None
+        if saved is not None:
+            state, report = saved
+            report = {**report, "resumed": True}
+            if progress:
+                progress(f"block {i + 1}/{len(blocks)}: resumed", cfg.epochs)
+        else:
+            torch.manual_seed(cfg.seed + i)
+            state = bq.init_state(stats if cfg.let else None)
+
+            def log(epoch: int, loss: float, i=i) -> None:
+                if progress:
+                    progress(f"block {i + 1}/{len(blocks)} epoch {epoch} loss {loss:.3g}")
+
+            state, rep = bq.train(state, q_stream, fp_out, kwargs, log) if cfg.epochs else (state, BlockReport())
+            if progress and rep.epochs < cfg.epochs:
+                progress(f"block {i + 1}/{len(blocks)}: fell back to RTN", cfg.epochs - rep.epochs)
+            report = rep.to_dict()
+            if store:
+                store.save(i, state, report)
+        bq.install(state)
+        q_stream, _ = run_block(block, q_stream, kwargs, cfg.batch_size)
+        fp_stream = fp_out
+        reports.append(report)
+    embeddings = quantize_embeddings(model, arch) if quantize_emb else None
+    fallbacks = [i for i, r in enumerate(reports) if r.get("fallback")]
+    return QuantManifest(
+        recipe=cfg,
+        linears={p.name: p.entry for p in plans},
+        embeddings=embeddings,
+        skipped=skipped,
+        compresskit_version=__version__,
+        base_model=getattr(model.config, "_name_or_path", None) or None,
+        report={
+            "method": "omniquant",
+            "calibration_tokens": int(calib_ids.numel()),
+            "seconds": time.perf_counter() - t_start,
+            "fallback_blocks": fallbacks,
+            "activation_quantization": "simulated (fake-quantized per token)" if cfg.abits < 16 else None,
+            "blocks": reports,
+        },
+    )

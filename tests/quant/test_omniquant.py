@@ -1,0 +1,210 @@
+"""OmniQuant on tiny models: exact LET (GQA + RoPE), LWC gradients and packing, the block loop,
+weight-activation, resume, NaN recovery and determinism."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import make_tiny_model
+from torch.func import functional_call
+
+import compresskit
+from compresskit.core.arch import get_arch
+from compresskit.core.config import ConfigError, OmniQuantConfig, QuantConfig
+from compresskit.core.manifest import LinearEntry
+from compresskit.core.quant_math import dequantize
+from compresskit.kernels.modules import QuantLinear
+from compresskit.quant.omniquant.block import NO_CLIP, BlockQuantizer
+from compresskit.quant.omniquant.let import Geometry, apply_let
+from compresskit.quant.omniquant.lwc import lwc_fake_quantize, lwc_pack
+
+SMALL = dict(wbits=3, group_size=32, epochs=3, nsamples=4, seqlen=32, batch_size=2, embed_bits=16)
+
+
+def _ids(n=4, length=32, seed=0):
+    return torch.randint(0, 320, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _block_io(model):
+    x = torch.randn(2, 12, model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    pos = torch.arange(12)[None]
+    return x, {"position_embeddings": model.model.rotary_emb(x, pos), "position_ids": pos}
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_let_is_an_exact_equivalence_for_gqa_and_rope(family, kv_heads):
+    model = make_tiny_model(family, num_key_value_heads=kv_heads)
+    block, arch, geo = model.model.layers[0], get_arch(model), Geometry.from_config(model.config)
+    x, kw = _block_io(model)
+    with torch.no_grad():
+        ref = block(x, **kw)
+    g = torch.Generator().manual_seed(2)
+    let = {"qkv": torch.rand(64, generator=g) + 0.3, "fc1": torch.rand(64, generator=g) + 0.3,
+           "vo": torch.rand(kv_heads * 16, generator=g) + 0.3, "qk": torch.rand(kv_heads * 8, generator=g) + 0.3}
+    params = {k: v.detach() for k, v in block.named_parameters()}
+    new = apply_let(params, let, arch, geo)
+    assert not torch.allclose(new[f"{arch.q_proj}.weight"], params[f"{arch.q_proj}.weight"])
+    with torch.no_grad():
+        out = functional_call(block, new, (x,), kw)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_untied_qk_scaling_would_not_commute_with_rope():
+    """The reason the q/k scale is tied across rotary pairs: an untied one changes the output."""
+    model = make_tiny_model("llama")
+    block, arch, geo = model.model.layers[0], get_arch(model), Geometry.from_config(model.config)
+    x, kw = _block_io(model)
+    params = {k: v.detach() for k, v in block.named_parameters()}
+    s = torch.linspace(0.5, 2.0, geo.kv_heads * geo.head_dim)  # one value per channel, not per pair
+    s_q = s.view(geo.kv_heads, 1, -1).expand(geo.kv_heads, geo.n_rep, -1).reshape(-1)
+    bad = dict(params)
+    bad[f"{arch.k_proj}.weight"] = params[f"{arch.k_proj}.weight"] * s[:, None]
+    bad[f"{arch.q_proj}.weight"] = params[f"{arch.q_proj}.weight"] / s_q[:, None]
+    with torch.no_grad():
+        assert not torch.allclose(functional_call(block, bad, (x,), kw), block(x, **kw), atol=1e-4)
+
+
+def test_lwc_gradients_reach_the_clipping_factors_and_pack_matches_fake_quant():
+    w = torch.randn(64, 96, generator=torch.Generator().manual_seed(3))
+    entry = LinearEntry(bits=3, group_size=32, sym=False)
+    up, low = torch.full((64, 3), 1.5, requires_grad=True), torch.full((64, 3), 1.5, requires_grad=True)
+    lwc_fake_quantize(w, up, low, entry).sub(w).pow(2).sum().backward()
+    assert up.grad.abs().sum() > 0 and low.grad.abs().sum() > 0
+    packed = lwc_pack(w, up.detach(), low.detach(), entry)
+    q, zero, scale = packed.unpack()
+    fake = lwc_fake_quantize(w, up.detach(), low.detach(), entry)
+    # packing rounds the scale to fp16: the values agree to that rounding, except that a code sitting
+    # on a rounding boundary may move by one step
+    step = float(scale.float().max())
+    diff = (dequantize(q, scale, zero, 32) - fake).abs()
+    assert float(diff.max()) <= 1.01 * step
+    assert float((diff > 0.01 * step).float().mean()) < 0.01
+    # clipping at sigmoid(1.5) = 0.82 of the range: no dequantized value exceeds the clipped max
+    assert dequantize(q, scale, zero, 32).max() <= w.max() * 0.82 + float(scale.float().max())
+
+
+def test_omniquant_beats_rtn_and_its_block_losses_fall():
+    model = make_tiny_model("llama")
+    ids = _ids(8, 64)
+    with torch.no_grad():
+        ref = model(ids).logits
+    rtn = copy.deepcopy(model)
+    compresskit.quantize(rtn, QuantConfig(wbits=3, group_size=32, embed_bits=16))
+    omni = copy.deepcopy(model)
+    cfg = OmniQuantConfig(**{**SMALL, "epochs": 10, "nsamples": 8, "seqlen": 64})
+    manifest = compresskit.quantize(omni, cfg, calib=ids)
+
+    def err(m):
+        with torch.no_grad():
+            return float((m(ids).logits - ref).pow(2).mean() / ref.pow(2).mean())
+
+    assert err(omni) < err(rtn)
+    for block in manifest.report["blocks"]:
+        assert block["epochs"] == 10 and block["last_loss"] < block["first_loss"] and not block["fallback"]
+    assert all(isinstance(omni.get_submodule(n), QuantLinear) for n in manifest.linears)
+
+
+@pytest.mark.parametrize("abits", [16, 8])
+def test_saved_omniquant_model_reloads_with_identical_logits(tmp_path, abits):
+    model = make_tiny_model("qwen2")
+    compresskit.quantize(model, OmniQuantConfig(**{**SMALL, "abits": abits, "embed_bits": 8}), calib=_ids())
+    compresskit.save(model, None, tmp_path / "m")
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    q = reloaded.model.layers[1].mlp.down_proj
+    assert isinstance(q, QuantLinear) and q.abits == abits
+    ids = _ids(2, 16, seed=5)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
+def test_weight_activation_quantizes_linear_inputs():
+    model = make_tiny_model("llama")
+    compresskit.quantize(model, OmniQuantConfig(**{**SMALL, "wbits": 8, "abits": 4, "epochs": 1}), calib=_ids())
+    lin = model.model.layers[0].mlp.down_proj
+    x = torch.randn(3, lin.in_features)
+    lin.abits = 16
+    exact = lin(x)
+    lin.abits = 4
+    assert not torch.allclose(lin(x), exact)
+
+
+def _packed(model):
+    return {n: b.clone() for n, b in model.named_buffers() if n.endswith(("qweight", "qzeros", "scales"))}
+
+
+def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
+    cfg = OmniQuantConfig(**SMALL)
+    full = make_tiny_model("llama")
+    compresskit.quantize(full, cfg, calib=_ids())
+
+    def interrupt(message, advance=1):
+        if message.startswith("block 2/2"):
+            raise KeyboardInterrupt
+
+    first = make_tiny_model("llama")
+    with pytest.raises(KeyboardInterrupt):
+        compresskit.quantize(first, cfg, calib=_ids(), work_dir=tmp_path / "state", progress=interrupt)
+    assert (tmp_path / "state" / "block_000.json").is_file() and not (tmp_path / "state" / "block_001.json").exists()
+    messages = []
+    resumed = make_tiny_model("llama")
+    compresskit.quantize(resumed, cfg, calib=_ids(), work_dir=tmp_path / "state",
+                         progress=lambda m, advance=1: messages.append((m, advance)))
+    assert messages[0] == ("block 1/2: resumed", cfg.epochs)
+    a, b = _packed(full), _packed(resumed)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ConfigError, match="different run"):
+        compresskit.quantize(make_tiny_model("llama"), OmniQuantConfig(**{**SMALL, "wbits": 4}), calib=_ids(),
+                             work_dir=tmp_path / "state")
+
+
+def test_runs_are_deterministic_for_a_seed():
+    a, b = make_tiny_model("mistral"), make_tiny_model("mistral")
+    for m in (a, b):
+        compresskit.quantize(m, OmniQuantConfig(**SMALL), calib=_ids())
+    pa, pb = _packed(a), _packed(b)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+
+
+def test_nan_loss_retries_with_lower_lr_then_falls_back_to_rtn(monkeypatch):
+    real_forward = BlockQuantizer.forward
+    calls = {"n": 0}
+
+    def flaky(self, params, x, kwargs):  # the first two micro-batches of the run produce NaN
+        calls["n"] += 1
+        out = real_forward(self, params, x, kwargs)
+        return out * float("nan") if calls["n"] <= 2 else out
+
+    monkeypatch.setattr(BlockQuantizer, "forward", flaky)
+    model = make_tiny_model("llama")
+    report = compresskit.quantize(model, OmniQuantConfig(**SMALL), calib=_ids()).report
+    assert report["blocks"][0]["retries"] == 2 and not report["blocks"][0]["fallback"]
+    assert report["blocks"][0]["epochs"] == SMALL["epochs"]
+
+    monkeypatch.setattr(BlockQuantizer, "forward", lambda self, p, x, kw: real_forward(self, p, x, kw) * float("nan"))
+    model = make_tiny_model("llama")
+    report = compresskit.quantize(model, OmniQuantConfig(**SMALL), calib=_ids()).report
+    assert report["fallback_blocks"] == [0, 1]
+    assert all(b["fallback"] for b in report["blocks"])
+    rtn = make_tiny_model("llama")
+    compresskit.quantize(rtn, QuantConfig(wbits=3, group_size=32, embed_bits=16))
+    ids = _ids(2, 16, seed=7)
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert torch.isfinite(logits).all()
+    # the fallback is min/max rounding without the zero-in-range constraint; close to RTN's result
+    with torch.no_grad():
+        assert float((logits - rtn(ids).logits).abs().max()) < 0.5 * float(logits.abs().max())
+
+
+def test_calibration_longer_than_the_context_is_refused():
+    model = make_tiny_model("llama")
+    with pytest.raises(ValueError, match="exceeds the model's context 512"):
+        compresskit.quantize(model, OmniQuantConfig(**{**SMALL, "seqlen": 600}), calib=_ids(4, 600))
+
+
+def test_no_clip_factor_is_plain_min_max():
+    assert torch.sigmoid(torch.tensor(NO_CLIP)) == 1.0
