@@ -25,24 +25,33 @@ ALLOWED = {
 ROOM_DIRS = {room: ROOT / "compresskit" / room for room in ALLOWED} | {"cli": ROOT / "cli", "calib": ROOT / "calib"}
 
 
+def _package_of(path: Path) -> list[str]:
+    """Dotted package of a module file, as installed (cli/ and calib/ live inside compresskit)."""
+    rel = path.relative_to(ROOT).parent.parts
+    return list(rel) if rel and rel[0] == "compresskit" else ["compresskit", *rel]
+
+
 def _imported_rooms(path: Path, room: str) -> set[str]:
-    """Rooms of ours that a module imports (absolute `compresskit.X` and relative `..X`)."""
+    """Rooms of ours that a module imports (absolute ``compresskit.X`` and relative imports)."""
     rooms = set()
+    package = _package_of(path)
     for node in ast.walk(ast.parse(path.read_text())):
         names: list[str] = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            if node.level == 0 and node.module:
-                names = [node.module] if node.module != "compresskit" else [f"compresskit.{a.name}" for a in node.names]
-            elif node.level >= 2:  # from ..X import y  (relative to compresskit)
-                names = [f"compresskit.{node.module}" if node.module else f"compresskit.{a.name}" for a in node.names]
+            if node.level == 0:
+                base = node.module or ""
+            else:  # resolve ``from ..x import y`` against the module's own package
+                base = ".".join(package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+            names = [f"{base}.{a.name}" for a in node.names]
         for name in names:
             parts = name.split(".")
             if parts[0] != "compresskit":
                 continue
             target = parts[1] if len(parts) > 1 else "__init__"
-            target = {"cli": "cli", "calib": "calib"}.get(target, target)
+            if target == "__version__":
+                target = "__init__"
             if target != room:
                 rooms.add(target)
     return rooms

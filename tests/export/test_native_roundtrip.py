@@ -169,7 +169,7 @@ def test_manifest_in_config(tmp_path, tiny_tokenizer):
         "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
         "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
     assert len(q["linears"]) == 14 and set(q["linears"]) == expected
-    assert all(v == {"bits": 3, "group_size": 32, "sym": True, "bias": False} for v in q["linears"].values())
+    assert all(v == {"bits": 3, "group_size": 32, "sym": True, "bias": False, "abits": 16} for v in q["linears"].values())
     assert q["embeddings"] == {"embed": "model.embed_tokens", "lm_head": "lm_head", "tied": True, "bits": 8}
     assert q["evaluation"] == {"note": {"x": 1}}
     assert q["compresskit_version"] == compresskit.__version__
