@@ -47,7 +47,7 @@ def _evaluate(api: Any, model: Any, tokenizer: Any, label: str, tasks: list[str]
 def quantize(
     model: str = typer.Argument(..., help="embedded model name (smollm2-135m), local directory, or hub id"),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
-    method: str = typer.Option("rtn", help="quantization method"),
+    method: str = typer.Option("rtn", help="quantization method: rtn or omniquant"),
     wbits: int = typer.Option(4, help="weight bits: 2, 3, 4 or 8"),
     group_size: int = typer.Option(128, help="input channels per scale; -1 for per-channel"),
     sym: bool = typer.Option(False, "--sym", help="symmetric quantization (zero point fixed at 2^(bits-1))"),
@@ -61,31 +61,60 @@ def quantize(
     ppl_windows: int = typer.Option(4, help="perplexity windows per length"),
     passkey_trials: int = typer.Option(5, help="passkey trials per length"),
     seed: int = typer.Option(0, help="random seed"),
+    abits: int = typer.Option(16, help="activation bits (4, 6, 8; 16 = weight-only); simulated, no integer kernel"),
+    lwc: bool = typer.Option(True, "--lwc/--no-lwc", help="omniquant: learn weight clipping"),
+    let: bool = typer.Option(True, "--let/--no-let", help="omniquant: learn equivalent transformation"),
+    epochs: Optional[int] = typer.Option(None, help="omniquant: epochs per block (default 20; 40 for W2)"),
+    nsamples: int = typer.Option(128, help="omniquant: calibration samples"),
+    seqlen: int = typer.Option(2048, help="omniquant: calibration sequence length (up to the model's context)"),
+    calib: str = typer.Option("builtin", help="omniquant: builtin | file:PATH[#field] | generated | hf:NAME[:CONFIG][:SPLIT]"),
+    batch_size: int = typer.Option(1, help="omniquant: samples per optimizer step"),
+    lr_lwc: float = typer.Option(1e-2, help="omniquant: LWC learning rate"),
+    lr_let: float = typer.Option(5e-3, help="omniquant: LET learning rate"),
+    let_alpha: Optional[float] = typer.Option(None, help="omniquant: LET init strength (default 0.5; 0.75 for W4A4)"),
+    work_dir: Optional[Path] = typer.Option(None, help="omniquant: per-block state for resuming (default OUTPUT.omniquant-state)"),
+    keep_state: bool = typer.Option(False, "--keep-state", help="omniquant: keep the work dir after saving"),
 ) -> None:
     """Quantize MODEL and save it, with a before/after table (size, perplexity, passkey)."""
-    import compresskit
+    import shutil
+
     from compresskit import api
 
     task_list, length_list = _csv(tasks), _csv(lengths, int)
-    config = _run(lambda: compresskit.QuantConfig(method=method, wbits=wbits, group_size=group_size, sym=sym,
-                                                 ragged_last_group=ragged_last_group, embed_bits=embed_bits,
-                                                 skip=tuple(skip)))
+    fields = dict(method=method, wbits=wbits, group_size=group_size, sym=sym, abits=abits,
+                  ragged_last_group=ragged_last_group, embed_bits=embed_bits, skip=tuple(skip))
+    if method == "omniquant":
+        fields.update(lwc=lwc, let=let, epochs=epochs if epochs is not None else (40 if wbits == 2 else 20),
+                      nsamples=nsamples, seqlen=seqlen, calib=calib, batch_size=batch_size, lr_lwc=lr_lwc,
+                      lr_let=lr_let, let_alpha=let_alpha, seed=seed)
+        work_dir = work_dir or output.with_name(output.name + ".omniquant-state")
+        if work_dir.exists():
+            console.print(f"resuming from {escape(str(work_dir))}")
+    else:
+        work_dir = None
+    config = _run(lambda: api.make_config(fields))
+    if config.abits < 16:
+        console.print(f"activations at {config.abits} bits are simulated (fake-quantized per token): "
+                      "no integer kernel runs them")
     _run(lambda: api.check_output(output, overwrite))
     with status(f"loading {model}"):
         m, tok = _run(lambda: api.load_model(model))
         before_bytes = api.checkpoint_bytes(model)
-    n_layers = _run(lambda: api.count_quantizable(m, config))  # bad layer shapes fail before the evaluation
+    units = _run(lambda: api.progress_units(m, config))  # bad layer shapes fail before the evaluation
     before = _run(lambda: _evaluate(api, m, tok, "original", task_list, length_list, ppl_windows,
                                     passkey_trials, seed)) if evaluate else None
     t0 = time.perf_counter()
-    with progress_bar(f"quantizing {config.name}", n_layers) as advance:
-        _run(lambda: api.quantize(m, config, progress=lambda name: advance(1)))
+    with progress_bar(f"quantizing {config.name}", units) as advance:
+        _run(lambda: api.quantize(m, config, tokenizer=tok, work_dir=work_dir,
+                                  progress=lambda message, n=1: advance(n, message)))
     quant_seconds = time.perf_counter() - t0
     after = _run(lambda: _evaluate(api, m, tok, "quantized", task_list, length_list, ppl_windows,
                                    passkey_trials, seed)) if evaluate else None
     evaluation = {"before": before, "after": after} if evaluate else None
     with status(f"saving {output}"):
         _run(lambda: api.save(m, tok, output, overwrite=overwrite, evaluation=evaluation))
+    if work_dir is not None and not keep_state:
+        shutil.rmtree(work_dir, ignore_errors=True)
     after_bytes = api.checkpoint_bytes(output)
     console.print(comparison_table(f"{model} -> {output} ({config.name}, quantized in {quant_seconds:.1f}s)",
                                    before_bytes, after_bytes, before, after))

@@ -14,14 +14,20 @@ err_console = Console(stderr=True)
 
 
 @contextmanager
-def progress_bar(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A bar with an ETA; yields ``advance(n)``."""
+def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
+    """A bar with an ETA; yields ``advance(n=1, message=None)`` (the message follows the description)."""
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
     ) as progress:
         task = progress.add_task(escape(description), total=total)
-        yield lambda n=1: progress.advance(task, n)
+
+        def advance(n: int = 1, message: str | None = None) -> None:
+            if message:
+                progress.update(task, description=escape(f"{description}: {message}"))
+            progress.advance(task, n)
+
+        yield advance
 
 
 @contextmanager

@@ -351,3 +351,45 @@ def test_other_commands_report_missing_model(runner, tmp_path, command):
     result = runner.invoke(app, [command[0], missing, *command[1:]])
     assert result.exit_code == 2
     assert missing in _error_line(result)
+
+
+OMNI = ["--method", "omniquant", "--wbits", "3", "--group-size", "32", "--epochs", "2", "--nsamples", "4",
+        "--seqlen", "64", "--no-eval"]
+
+
+def test_omniquant_from_the_cli_records_its_recipe_and_cleans_its_state(runner, tiny_dir, tmp_path):
+    out = tmp_path / "omni"
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), *OMNI, "--abits", "8"])
+    assert result.exit_code == 0, result.output
+    assert "simulated" in result.output
+    assert not (tmp_path / "omni.omniquant-state").exists()
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["recipe"]["method"] == "omniquant" and q["recipe"]["epochs"] == 2 and q["recipe"]["abits"] == 8
+    assert len(q["report"]["blocks"]) == 2 and q["report"]["activation_quantization"].startswith("simulated")
+    assert all(v["abits"] == 8 for v in q["linears"].values())
+
+
+def test_omniquant_cli_resumes_an_interrupted_run(runner, tiny_dir, tmp_path, monkeypatch):
+    from compresskit.quant.omniquant import block as block_mod
+
+    real_install = block_mod.BlockQuantizer.install
+    calls = {"n": 0}
+
+    def install_then_die(self, state):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second block's install: block 0's state is already saved
+            raise KeyboardInterrupt
+        return real_install(self, state)
+
+    out = tmp_path / "omni"
+    monkeypatch.setattr(block_mod.BlockQuantizer, "install", install_then_die)
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), *OMNI])
+    assert result.exit_code != 0 and not out.exists()
+    state = tmp_path / "omni.omniquant-state"
+    assert (state / "block_000.json").is_file() and (state / "block_001.json").is_file()
+    monkeypatch.setattr(block_mod.BlockQuantizer, "install", real_install)
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), *OMNI])
+    assert result.exit_code == 0, result.output
+    assert "resuming from" in result.output and out.is_dir() and not state.exists()
+    blocks = json.loads((out / "config.json").read_text())["quantization_config"]["report"]["blocks"]
+    assert all(b.get("resumed") for b in blocks)
