@@ -47,7 +47,7 @@ def _evaluate(api: Any, model: Any, tokenizer: Any, label: str, tasks: list[str]
 def quantize(
     model: str = typer.Argument(..., help="embedded model name (smollm2-135m), local directory, or hub id"),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
-    method: str = typer.Option("rtn", help="quantization method: rtn or omniquant"),
+    method: str = typer.Option("rtn", help="quantization method: rtn, gptq or omniquant"),
     wbits: int = typer.Option(4, help="weight bits: 2, 3, 4 or 8"),
     group_size: int = typer.Option(128, help="input channels per scale; -1 for per-channel"),
     sym: bool = typer.Option(False, "--sym", help="symmetric quantization (zero point fixed at 2^(bits-1))"),
@@ -65,10 +65,10 @@ def quantize(
     lwc: bool = typer.Option(True, "--lwc/--no-lwc", help="omniquant: learn weight clipping"),
     let: bool = typer.Option(True, "--let/--no-let", help="omniquant: learn equivalent transformation"),
     epochs: Optional[int] = typer.Option(None, help="omniquant: epochs per block (default 20; 40 for W2)"),
-    nsamples: int = typer.Option(128, help="omniquant: calibration samples"),
-    seqlen: int = typer.Option(2048, help="omniquant: calibration sequence length (up to the model's context)"),
-    calib: str = typer.Option("builtin", help="omniquant: builtin | file:PATH[#field] | generated | hf:NAME[:CONFIG][:SPLIT]"),
-    batch_size: int = typer.Option(1, help="omniquant: samples per optimizer step"),
+    nsamples: int = typer.Option(128, help="gptq/omniquant: calibration samples"),
+    seqlen: int = typer.Option(2048, help="gptq/omniquant: calibration sequence length (up to the model's context)"),
+    calib: str = typer.Option("builtin", help="gptq/omniquant: builtin | file:PATH[#field] | generated | hf:NAME[:CONFIG][:SPLIT]"),
+    batch_size: int = typer.Option(1, help="gptq/omniquant: samples per forward / optimizer step"),
     lr_lwc: float = typer.Option(1e-2, help="omniquant: LWC learning rate"),
     lr_let: float = typer.Option(5e-3, help="omniquant: LET learning rate"),
     let_alpha: Optional[float] = typer.Option(None, help="omniquant: LET init strength (default 0.5; 0.75 for W4A4)"),
@@ -83,10 +83,11 @@ def quantize(
     task_list, length_list = _csv(tasks), _csv(lengths, int)
     fields = dict(method=method, wbits=wbits, group_size=group_size, sym=sym, abits=abits,
                   ragged_last_group=ragged_last_group, embed_bits=embed_bits, skip=tuple(skip))
+    if method in ("gptq", "omniquant"):
+        fields.update(nsamples=nsamples, seqlen=seqlen, calib=calib, batch_size=batch_size, seed=seed)
     if method == "omniquant":
         fields.update(lwc=lwc, let=let, epochs=epochs if epochs is not None else (40 if wbits == 2 else 20),
-                      nsamples=nsamples, seqlen=seqlen, calib=calib, batch_size=batch_size, lr_lwc=lr_lwc,
-                      lr_let=lr_let, let_alpha=let_alpha, seed=seed)
+                      lr_lwc=lr_lwc, lr_let=lr_let, let_alpha=let_alpha)
         work_dir = work_dir or output.with_name(output.name + ".omniquant-state")
         if work_dir.exists():
             console.print(f"resuming from {escape(str(work_dir))}")

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from .core.arch import UnsupportedArchitectureError
-from .core.config import ConfigError, OmniQuantConfig, QuantConfig
+from .core.config import CalibratedConfig, ConfigError, GPTQConfig, OmniQuantConfig, QuantConfig
 from .core.fsutil import OutputExistsError, check_output_dir, dir_size_bytes, write_json_atomic
 from .core.manifest import QuantManifest
 from .models import DEFAULT_MODEL, CorruptCheckpointError, ModelNotFoundError, load_pretrained, resolve_model
@@ -74,6 +74,10 @@ def quantize(
         ids = calibration_ids(model, tokenizer, config, calib)
         manifest = quantize_omniquant(model, config, ids, work_dir=None if work_dir is None else str(work_dir),
                                       progress=progress)
+    elif isinstance(config, GPTQConfig):
+        from .quant.gptq import quantize_gptq
+
+        manifest = quantize_gptq(model, config, calibration_ids(model, tokenizer, config, calib), progress=progress)
     else:
         from .quant import quantize_rtn
 
@@ -91,7 +95,7 @@ def make_config(config: QuantConfig | dict | None = None, **overrides: Any) -> Q
     return QuantConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
 
 
-def calibration_ids(model: nn.Module, tokenizer: Any, config: OmniQuantConfig, calib: Any = None) -> torch.Tensor:
+def calibration_ids(model: nn.Module, tokenizer: Any, config: CalibratedConfig, calib: Any = None) -> torch.Tensor:
     """``[nsamples, seqlen]`` token ids for calibration, checked against the model's context."""
     if isinstance(calib, torch.Tensor):
         ids = calib.long()

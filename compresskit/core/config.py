@@ -11,7 +11,7 @@ from typing import Any
 
 SUPPORTED_WBITS = (2, 3, 4, 8)
 SUPPORTED_ABITS = (4, 6, 8, 16)
-SUPPORTED_METHODS = ("rtn", "omniquant")
+SUPPORTED_METHODS = ("rtn", "omniquant", "gptq")
 SUPPORTED_EMBED_BITS = (8, 16)
 CONFIG_VERSION = 1
 
@@ -51,6 +51,10 @@ class QuantConfig:
     def __post_init__(self) -> None:
         if self.method not in SUPPORTED_METHODS:
             raise ConfigError(f"unknown method {self.method!r}; supported: {', '.join(SUPPORTED_METHODS)}")
+        if type(self) is not METHOD_CONFIGS[self.method]:
+            want = METHOD_CONFIGS[self.method].__name__
+            raise ConfigError(f"method {self.method!r} is configured with {want}(...) "
+                              f"(or QuantConfig.from_dict({{'method': {self.method!r}, ...}}))")
         if self.wbits not in SUPPORTED_WBITS:
             raise ConfigError(
                 f"wbits={self.wbits} is not supported; use one of {', '.join(map(str, SUPPORTED_WBITS))}"
@@ -102,17 +106,37 @@ class QuantConfig:
 
 
 @dataclass(frozen=True)
-class OmniQuantConfig(QuantConfig):
+class CalibratedConfig(QuantConfig):
+    """Settings shared by methods that calibrate on data: ``nsamples`` x ``seqlen`` tokens from
+    ``calib`` (see ``compresskit.calib.parse_source``), ``batch_size`` samples per step, ``seed``."""
+
+    nsamples: int = 128
+    seqlen: int = 2048
+    calib: str = "builtin"
+    batch_size: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("nsamples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        if self.seqlen < 2:
+            raise ConfigError(f"seqlen={self.seqlen} must be at least 2")
+        if self.nsamples % self.batch_size:
+            raise ConfigError(f"nsamples={self.nsamples} must be a multiple of batch_size={self.batch_size}")
+
+
+@dataclass(frozen=True)
+class OmniQuantConfig(CalibratedConfig):
     """OmniQuant (Shao et al., ICLR 2024): learnable weight clipping and equivalent transformation,
     trained block by block against the full-precision block's output.
 
     - ``lwc`` / ``let``: learn clipping factors / equivalent-transformation scales.
     - ``epochs``: passes over the calibration samples per block (published: 20; 40 for W2).
-    - ``nsamples`` x ``seqlen``: calibration tokens; ``seqlen`` up to the model's context.
+      ``epochs=0`` with ``lwc=False`` is SmoothQuant-style scaling followed by rounding.
     - ``lr_lwc`` / ``lr_let``: AdamW learning rates (published 1e-2 / 5e-3), no weight decay.
     - ``let_alpha``: SmoothQuant migration strength for the LET init (None: 0.75 for W4A4, else 0.5).
-    - ``batch_size``: samples per optimizer step (micro-batches bound activation memory).
-    - ``calib``: calibration source (see ``compresskit.calib.parse_source``).
     - ``max_retries``: on a NaN/inf loss, restore the block's last good parameters and retry with
       the learning rates divided by 10, this many times; then fall back to RTN for that block.
     """
@@ -121,25 +145,15 @@ class OmniQuantConfig(QuantConfig):
     lwc: bool = True
     let: bool = True
     epochs: int = 20
-    nsamples: int = 128
-    seqlen: int = 2048
     lr_lwc: float = 1e-2
     lr_let: float = 5e-3
     let_alpha: float | None = None
-    batch_size: int = 1
-    calib: str = "builtin"
-    seed: int = 0
     max_retries: int = 2
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("epochs", "nsamples", "batch_size"):
-            if getattr(self, name) < (0 if name == "epochs" else 1):
-                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
-        if self.seqlen < 2:
-            raise ConfigError(f"seqlen={self.seqlen} must be at least 2")
-        if self.nsamples % self.batch_size:
-            raise ConfigError(f"nsamples={self.nsamples} must be a multiple of batch_size={self.batch_size}")
+        if self.epochs < 0:
+            raise ConfigError(f"epochs={self.epochs} must be >= 0")
         if self.let_alpha is not None and not 0.0 <= self.let_alpha <= 1.0:
             raise ConfigError(f"let_alpha={self.let_alpha} must lie in [0, 1]")
 
@@ -150,7 +164,27 @@ class OmniQuantConfig(QuantConfig):
         return 0.75 if (self.wbits, self.abits) == (4, 4) else 0.5
 
 
-METHOD_CONFIGS: dict[str, type[QuantConfig]] = {"rtn": QuantConfig, "omniquant": OmniQuantConfig}
+@dataclass(frozen=True)
+class GPTQConfig(CalibratedConfig):
+    """GPTQ (Frantar et al., 2023): column-by-column rounding with second-order error compensation,
+    one linear group at a time on the quantized stream. ``damp`` is the fraction of the mean Hessian
+    diagonal added for stability; ``block_size`` columns are updated lazily together."""
+
+    method: str = "gptq"
+    damp: float = 0.01
+    block_size: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.damp < 1:
+            raise ConfigError(f"damp={self.damp} must lie in (0, 1)")
+        if self.block_size < 1:
+            raise ConfigError(f"block_size={self.block_size} must be positive")
+
+
+METHOD_CONFIGS: dict[str, type[QuantConfig]] = {
+    "rtn": QuantConfig, "omniquant": OmniQuantConfig, "gptq": GPTQConfig,
+}
 
 
 def check_group_size(group_size: int) -> None:

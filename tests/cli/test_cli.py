@@ -393,3 +393,12 @@ def test_omniquant_cli_resumes_an_interrupted_run(runner, tiny_dir, tmp_path, mo
     assert "resuming from" in result.output and out.is_dir() and not state.exists()
     blocks = json.loads((out / "config.json").read_text())["quantization_config"]["report"]["blocks"]
     assert all(b.get("resumed") for b in blocks)
+
+
+def test_gptq_from_the_cli(runner, tiny_dir, tmp_path):
+    out = tmp_path / "gptq"
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), "--method", "gptq", "--wbits", "4",
+                                 "--group-size", "32", "--nsamples", "4", "--seqlen", "64", "--no-eval"])
+    assert result.exit_code == 0, result.output
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert q["recipe"]["method"] == "gptq" and q["recipe"]["nsamples"] == 4 and len(q["linears"]) == 14

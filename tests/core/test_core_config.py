@@ -91,7 +91,9 @@ def test_omniquant_config_round_trips_through_the_method_dispatch():
 
 def test_other_bad_values():
     with pytest.raises(ConfigError, match="method"):
-        QuantConfig(method="gptq")
+        QuantConfig(method="awq")
+    with pytest.raises(ConfigError, match="OmniQuantConfig"):
+        QuantConfig(method="omniquant")
     with pytest.raises(ConfigError, match="embed_bits"):
         QuantConfig(embed_bits=4)
 

@@ -19,66 +19,12 @@ from ...core.config import OmniQuantConfig
 from ...core.manifest import QuantManifest
 from ...core.version import __version__
 from ..apply import plan_embeddings, plan_linears, quantize_embeddings
+from ..blockwise import block_entries, capture_block_inputs, run_block
 from .block import BlockQuantizer, BlockReport
 from .let import Geometry
 from .state import StateStore, tensor_fingerprint
 
 Progress = Callable[..., None]  # progress(message, advance=1)
-
-
-class _Captured(Exception):
-    pass
-
-
-@torch.no_grad()
-def capture_block_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Hidden states entering block 0 ``[N, L, H]`` (CPU, float32) and the block's other arguments."""
-    arch = get_arch(model)
-    block0 = arch.blocks_of(model)[0]
-    device = next(model.parameters()).device
-    inputs, kwargs = [], {}
-
-    def grab(module, args, kw):
-        inputs.append((args[0] if args else kw["hidden_states"]).detach().float().cpu())
-        if not kwargs:
-            kwargs.update({k: v for k, v in kw.items() if k not in ("hidden_states", "cache", "past_key_values")})
-            kwargs["use_cache"] = False
-        raise _Captured
-
-    handle = block0.register_forward_pre_hook(grab, with_kwargs=True)
-    try:
-        for chunk in ids.split(batch_size):
-            try:
-                model(chunk.to(device), use_cache=False)
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
-    return torch.cat(inputs), kwargs
-
-
-@torch.no_grad()
-def run_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any], batch_size: int,
-              stats_of: dict[str, nn.Module] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The block over a whole stream, micro-batch by micro-batch; optionally the per-channel absmax
-    of the inputs of ``stats_of`` modules (for LET's initialisation)."""
-    device = next(block.parameters()).device
-    stats: dict[str, torch.Tensor] = {}
-    hooks = []
-    for key, module in (stats_of or {}).items():
-        def hook(m, args, key=key):
-            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float().cpu()
-            stats[key] = a if key not in stats else torch.maximum(stats[key], a)
-        hooks.append(module.register_forward_pre_hook(hook))
-    outs = []
-    try:
-        for xb in x.split(batch_size):
-            out = block(xb.to(device), **kwargs)
-            outs.append((out[0] if isinstance(out, tuple) else out).float().cpu())
-    finally:
-        for h in hooks:
-            h.remove()
-    return torch.cat(outs), stats
 
 
 def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.Tensor, *,
@@ -88,8 +34,7 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
     arch, geo = get_arch(model), Geometry.from_config(model.config)
     quantize_emb = plan_embeddings(model, cfg, arch)
     blocks = arch.blocks_of(model)
-    entries = [{p.name.split(".", len(arch.blocks.split(".")) + 1)[-1]: p.entry
-                for p in plans if p.name.startswith(f"{arch.blocks}.{i}.")} for i in range(len(blocks))]
+    entries = block_entries(plans, arch, len(blocks))
     store = None
     if work_dir is not None:
         store = StateStore(work_dir, {"recipe": cfg.to_dict(), "model": getattr(model.config, "_name_or_path", ""),

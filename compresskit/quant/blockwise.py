@@ -1,0 +1,77 @@
+"""Block-by-block machinery shared by calibrated methods (OmniQuant, GPTQ).
+
+Capture the hidden states entering the first decoder block for the calibration samples, then run
+one block at a time over a whole activation stream kept on the CPU, micro-batch by micro-batch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from ..core.arch import ArchSpec, get_arch
+from ..core.manifest import LinearEntry
+from .apply import LayerPlan
+
+
+def block_entries(plans: list[LayerPlan], arch: ArchSpec, n_blocks: int) -> list[dict[str, LinearEntry]]:
+    """Per block: block-relative linear name -> its entry, for the planned linears."""
+    depth = len(arch.blocks.split(".")) + 1
+    return [{p.name.split(".", depth)[-1]: p.entry for p in plans if p.name.startswith(f"{arch.blocks}.{i}.")}
+            for i in range(n_blocks)]
+
+
+class _Captured(Exception):
+    pass
+
+
+@torch.no_grad()
+def capture_block_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Hidden states entering block 0 ``[N, L, H]`` (CPU, float32) and the block's other arguments."""
+    arch = get_arch(model)
+    block0 = arch.blocks_of(model)[0]
+    device = next(model.parameters()).device
+    inputs, kwargs = [], {}
+
+    def grab(module, args, kw):
+        inputs.append((args[0] if args else kw["hidden_states"]).detach().float().cpu())
+        if not kwargs:
+            kwargs.update({k: v for k, v in kw.items() if k not in ("hidden_states", "cache", "past_key_values")})
+            kwargs["use_cache"] = False
+        raise _Captured
+
+    handle = block0.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for chunk in ids.split(batch_size):
+            try:
+                model(chunk.to(device), use_cache=False)
+            except _Captured:
+                pass
+    finally:
+        handle.remove()
+    return torch.cat(inputs), kwargs
+
+
+@torch.no_grad()
+def run_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any], batch_size: int,
+              stats_of: dict[str, nn.Module] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The block over a whole stream, micro-batch by micro-batch; optionally the per-channel absmax
+    of the inputs of ``stats_of`` modules (for LET's initialisation)."""
+    device = next(block.parameters()).device
+    stats: dict[str, torch.Tensor] = {}
+    hooks = []
+    for key, module in (stats_of or {}).items():
+        def hook(m, args, key=key):
+            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float().cpu()
+            stats[key] = a if key not in stats else torch.maximum(stats[key], a)
+        hooks.append(module.register_forward_pre_hook(hook))
+    outs = []
+    try:
+        for xb in x.split(batch_size):
+            out = block(xb.to(device), **kwargs)
+            outs.append((out[0] if isinstance(out, tuple) else out).float().cpu())
+    finally:
+        for h in hooks:
+            h.remove()
+    return torch.cat(outs), stats
