@@ -55,7 +55,9 @@ class QuantConfig:
             want = METHOD_CONFIGS[self.method].__name__
             raise ConfigError(f"method {self.method!r} is configured with {want}(...) "
                               f"(or QuantConfig.from_dict({{'method': {self.method!r}, ...}}))")
-        if self.wbits not in SUPPORTED_WBITS:
+        if self.wbits == 6 and self.abits < 16:
+            pass  # W6A6: 6-bit weights exist for weight-activation recipes (packed 16 values in 3 words)
+        elif self.wbits not in SUPPORTED_WBITS:
             raise ConfigError(
                 f"wbits={self.wbits} is not supported; use one of {', '.join(map(str, SUPPORTED_WBITS))}"
             )

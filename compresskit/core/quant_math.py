@@ -139,12 +139,18 @@ def fake_quantize_ste(
     w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int, group_size: int
 ) -> torch.Tensor:
     """``scale * (clamp(round(w / scale) + zero, 0, 2^b - 1) - zero)`` with straight-through rounding;
-    gradients reach ``w`` and ``scale`` (``zero`` is treated as a constant)."""
-    in_f = w.shape[1]
-    s = _expand(scale, in_f, group_size)
-    z = _expand(zero.detach().to(s.dtype), in_f, group_size)
-    q = torch.clamp(round_ste(w / s) + z, 0, 2**bits - 1)
-    return (q - z) * s
+    gradients reach ``w`` and ``scale`` (``zero`` is treated as a constant). Groups are a reshape
+    (``[out, groups, group_size]``), not a gather, so the backward pass stays cheap."""
+    out_f, in_f = w.shape
+    gs = in_f if group_size == -1 else group_size
+    groups = num_groups(in_f, group_size)
+    pad = groups * gs - in_f
+    wg = torch.nn.functional.pad(w, (0, pad)) if pad else w
+    wg = wg.reshape(out_f, groups, gs)
+    s, z = scale.unsqueeze(-1), zero.detach().to(scale.dtype).unsqueeze(-1)
+    q = torch.clamp(round_ste(wg / s) + z, 0, 2**bits - 1)
+    out = ((q - z) * s).reshape(out_f, groups * gs)
+    return out[:, :in_f] if pad else out
 
 
 def quantize_activations(x: torch.Tensor, bits: int) -> torch.Tensor:

@@ -70,6 +70,12 @@ def test_good_group_size(gs):
     assert QuantConfig(group_size=gs).group_size == gs
 
 
+def test_six_bit_weights_only_with_activation_quantization():
+    assert QuantConfig(wbits=6, abits=6, group_size=-1).name == "rtn-w6a6pc"
+    with pytest.raises(ConfigError, match="wbits=6"):
+        QuantConfig(wbits=6)
+
+
 def test_abits_values():
     assert QuantConfig(abits=8).name == "rtn-w4a8g128"  # RTN W-A is the baseline OmniQuant is measured against
     with pytest.raises(ConfigError, match="abits=5"):

@@ -230,3 +230,17 @@ def test_shape_errors():
         quantize(w, scale[:, :1], zero, 4, 32)
     with pytest.raises(ValueError, match="do not match"):
         quantize(w[:3], scale, zero, 4, 32)
+
+
+@pytest.mark.parametrize("shape,group_size", [((64, 96), 64), ((64, 128), 32), ((32, 64), -1)])
+def test_straight_through_fake_quant_matches_the_integer_path_and_passes_gradients(shape, group_size):
+    from compresskit.core.quant_math import fake_quantize_ste
+
+    w = torch.randn(*shape, generator=torch.Generator().manual_seed(4))
+    scale, zero = compute_qparams(w, 3, group_size, False)
+    expected = dequantize(quantize(w, scale, zero, 3, group_size), scale, zero, group_size)
+    w_req, s_req = w.clone().requires_grad_(True), scale.clone().requires_grad_(True)
+    out = fake_quantize_ste(w_req, s_req, zero, 3, group_size)
+    assert torch.equal(out.detach(), expected)
+    out.sum().backward()
+    assert w_req.grad is not None and s_req.grad is not None and s_req.grad.abs().sum() > 0
