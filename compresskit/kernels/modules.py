@@ -5,6 +5,9 @@ quantization; they hold no quantization logic of their own.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn as nn
 
@@ -58,6 +61,9 @@ class QuantLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.abits < 16:  # simulated weight-activation quantization: no integer kernel here
             x = quantize_activations(x, self.abits)
+        cached = getattr(self, "_dense", None)
+        if cached is not None and cached.dtype == x.dtype:
+            return torch.nn.functional.linear(x, cached, None if self.bias is None else self.bias.to(x.dtype))
         return reference.gptq_linear(x, self.packed(), self.bias)
 
     def extra_repr(self) -> str:
@@ -109,3 +115,18 @@ class Int8Linear(_Int8Rows):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 rows"
+
+
+@contextmanager
+def dequantized_cache(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[None]:
+    """Within the block, every QuantLinear computes with a weight dequantized once (the same values
+    the reference path computes on each call), which makes repeated forwards (decoding) fast at the
+    memory cost of a dense model. The cache is dropped on exit."""
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    try:
+        for m in layers:
+            m._dense = m.packed().dequantize(dtype or m.scales.dtype)
+        yield
+    finally:
+        for m in layers:
+            m._dense = None

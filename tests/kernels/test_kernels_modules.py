@@ -176,3 +176,18 @@ def test_install_int8_embeddings_without_head():
     assert isinstance(model.model.embed_tokens, Int8Embedding)
     assert model.model.embed_tokens.weight.shape == (320, 64)
     assert isinstance(model.lm_head, nn.Linear)
+
+
+def test_dequantized_cache_gives_identical_logits_and_is_released():
+    from compresskit.kernels.modules import dequantized_cache
+
+    model = make_tiny_model("qwen2")
+    quantize_rtn(model, QuantConfig(wbits=3, group_size=32))
+    ids = torch.randint(0, 320, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference_logits = model(ids).logits
+        with dequantized_cache(model):
+            assert all(m._dense is not None for m in model.modules() if isinstance(m, QuantLinear))
+            cached_logits = model(ids).logits
+    assert torch.equal(cached_logits, reference_logits)
+    assert all(getattr(m, "_dense", None) is None for m in model.modules() if isinstance(m, QuantLinear))

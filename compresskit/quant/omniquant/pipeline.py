@@ -47,7 +47,9 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
     for i, block in enumerate(blocks):
         stats_of = {"qkv": get_module(block, arch.q_proj), "o": get_module(block, arch.o_proj),
                     "fc1": get_module(block, arch.gate_proj)} if cfg.let else None
-        fp_out, stats = run_block(block, fp_stream, kwargs, cfg.batch_size, stats_of)
+        # the fp block's output on the fp stream is this block's target and the next block's fp input:
+        # the old fp stream is dropped here, so two streams (fp, quantized) live at any time
+        fp_stream, stats = run_block(block, fp_stream, kwargs, cfg.batch_size, stats_of)
         bq = BlockQuantizer(block, arch, geo, cfg, entries[i])
         saved = store.load(i) if store else None
         if saved is not None:
@@ -63,7 +65,7 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
                 if progress:
                     progress(f"block {i + 1}/{len(blocks)} epoch {epoch} loss {loss:.3g}")
 
-            state, rep = bq.train(state, q_stream, fp_out, kwargs, log) if cfg.epochs else (state, BlockReport())
+            state, rep = bq.train(state, q_stream, fp_stream, kwargs, log) if cfg.epochs else (state, BlockReport())
             if progress and rep.epochs < cfg.epochs:
                 progress(f"block {i + 1}/{len(blocks)}: fell back to RTN", cfg.epochs - rep.epochs)
             report = rep.to_dict()
@@ -71,7 +73,6 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
                 store.save(i, state, report)
         bq.install(state)
         q_stream, _ = run_block(block, q_stream, kwargs, cfg.batch_size)
-        fp_stream = fp_out
         reports.append(report)
     embeddings = quantize_embeddings(model, arch) if quantize_emb else None
     fallbacks = [i for i, r in enumerate(reports) if r.get("fallback")]
