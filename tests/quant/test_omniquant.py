@@ -208,3 +208,23 @@ def test_calibration_longer_than_the_context_is_refused():
 
 def test_no_clip_factor_is_plain_min_max():
     assert torch.sigmoid(torch.tensor(NO_CLIP)) == 1.0
+
+
+def test_training_keeps_the_parameters_of_the_best_epoch(monkeypatch):
+    model = make_tiny_model("llama")
+    arch, geo = get_arch(model), Geometry.from_config(model.config)
+    entries = {arch.down_proj: LinearEntry(3, 32, False)}
+    bq = BlockQuantizer(model.model.layers[0], arch, geo, OmniQuantConfig(**SMALL), entries)
+    state = bq.init_state(None)
+    losses = iter([3.0, 1.0, 2.0])
+
+    def fake_epoch(self, st, opt, q, fp, kw):  # each epoch moves the parameters by +1
+        with torch.no_grad():
+            st.lwc[arch.down_proj]["up"].add_(1.0)
+        return next(losses)
+
+    monkeypatch.setattr(BlockQuantizer, "_epoch", fake_epoch)
+    start = float(state.lwc[arch.down_proj]["up"][0, 0])
+    trained, report = bq.train(state, None, None, {})
+    assert report.losses == [3.0, 1.0, 2.0]
+    assert float(trained.lwc[arch.down_proj]["up"][0, 0]) == start + 2  # the end of epoch 2, the best

@@ -27,7 +27,7 @@ NO_CLIP = 20.0  # sigmoid(20) == 1.0 in float32: plain min/max (used when LWC is
 
 @dataclass
 class BlockState:
-    """What is learned for one block: clipping factors per linear and LET scales."""
+    """What is learned for one block: clipping factors per linear and LET log-scales."""
 
     lwc: dict[str, dict[str, torch.Tensor]]
     let: dict[str, torch.Tensor] | None
@@ -86,8 +86,9 @@ class BlockQuantizer:
             lwc[name] = {k: v.to(self.device) for k, v in init_factors(w.shape[0], w.shape[1],
                                                                         self.entries[name].group_size, value).items()}
         let = None
-        if self.cfg.let and stats is not None:
-            let = {k: v.to(self.device) for k, v in init_let(stats, self.base, self.arch, self.geo, self.cfg.alpha).items()}
+        if self.cfg.let and stats is not None:  # learned in log space: AdamW's steps become relative
+            init = init_let(stats, self.base, self.arch, self.geo, self.cfg.alpha)
+            let = {k: torch.log(v).to(self.device) for k, v in init.items()}
         return BlockState(lwc, let)
 
     def fallback_state(self) -> BlockState:
@@ -97,7 +98,9 @@ class BlockQuantizer:
         return state
 
     def transformed(self, state: BlockState) -> dict[str, torch.Tensor]:
-        return apply_let(self.base, state.let, self.arch, self.geo) if state.let is not None else dict(self.base)
+        if state.let is None:
+            return dict(self.base)
+        return apply_let(self.base, {k: torch.exp(v) for k, v in state.let.items()}, self.arch, self.geo)
 
     def fake_quant_params(self, state: BlockState) -> dict[str, torch.Tensor]:
         p = self.transformed(state)
@@ -130,6 +133,7 @@ class BlockQuantizer:
         hooks = self._act_hooks()
         try:
             lr_scale, epoch, good = 1.0, 0, state.clone()
+            best, best_loss = state.clone(), float("inf")
             opt = self._optimizer(state, lr_scale)
             while epoch < self.cfg.epochs:
                 loss = self._epoch(state, opt, q_inps, fp_outs, kwargs)
@@ -144,9 +148,14 @@ class BlockQuantizer:
                     continue
                 good = state.clone()
                 report.losses.append(loss)
+                if loss < best_loss:  # the epoch's mean loss was measured with the parameters it started
+                    best_loss = loss  # from drifting to the end: keep the end state of the best epoch
+                    best = state.clone()
                 epoch += 1
                 if log:
                     log(epoch, loss)
+            else:
+                state = best if report.losses else state
         finally:
             for h in hooks:
                 h.remove()
