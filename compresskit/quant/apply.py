@@ -117,6 +117,12 @@ def quantize_linears(
         if progress:
             progress(plan.name)
     embeddings = quantize_embeddings(model, arch) if plan_embeddings(model, cfg, arch) else None
+    return build_manifest(model, cfg, plans, skipped, embeddings)
+
+
+def build_manifest(model: nn.Module, cfg: QuantConfig, plans: list[LayerPlan], skipped: dict[str, str],
+                   embeddings: EmbeddingEntry | None, report: dict | None = None) -> QuantManifest:
+    """The manifest of a finished quantization pass."""
     return QuantManifest(
         recipe=cfg,
         linears={p.name: p.entry for p in plans},
@@ -124,4 +130,5 @@ def quantize_linears(
         skipped=skipped,
         compresskit_version=__version__,
         base_model=getattr(model.config, "_name_or_path", None) or None,
+        report=report,
     )

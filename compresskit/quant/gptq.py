@@ -19,9 +19,8 @@ from ..core.config import GPTQConfig
 from ..core.formats import GPTQPacked
 from ..core.manifest import LinearEntry, QuantManifest
 from ..core.quant_math import compute_qparams
-from ..core.version import __version__
 from ..kernels.modules import QuantLinear
-from .apply import plan_embeddings, plan_linears, quantize_embeddings
+from .apply import build_manifest, plan_embeddings, plan_linears, quantize_embeddings
 from .blockwise import block_entries, capture_block_inputs, run_block
 
 
@@ -111,8 +110,5 @@ def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib_ids: torch.Tensor,
                     progress(f"block {i + 1}/{len(blocks)} {name}")
         stream, _ = run_block(block, stream, kwargs, cfg.batch_size)
     embeddings = quantize_embeddings(model, arch) if quantize_emb else None
-    return QuantManifest(
-        recipe=cfg, linears={p.name: p.entry for p in plans}, embeddings=embeddings, skipped=skipped,
-        compresskit_version=__version__, base_model=getattr(model.config, "_name_or_path", None) or None,
-        report={"method": "gptq", "calibration_tokens": int(calib_ids.numel())},
-    )
+    return build_manifest(model, cfg, plans, skipped, embeddings,
+                          report={"method": "gptq", "calibration_tokens": int(calib_ids.numel())})

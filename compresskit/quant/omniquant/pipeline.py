@@ -17,8 +17,7 @@ import torch.nn as nn
 from ...core.arch import get_arch, get_module
 from ...core.config import OmniQuantConfig
 from ...core.manifest import QuantManifest
-from ...core.version import __version__
-from ..apply import plan_embeddings, plan_linears, quantize_embeddings
+from ..apply import build_manifest, plan_embeddings, plan_linears, quantize_embeddings
 from ..blockwise import block_entries, capture_block_inputs, run_block
 from .block import BlockQuantizer, BlockReport
 from .let import Geometry
@@ -76,19 +75,11 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
         reports.append(report)
     embeddings = quantize_embeddings(model, arch) if quantize_emb else None
     fallbacks = [i for i, r in enumerate(reports) if r.get("fallback")]
-    return QuantManifest(
-        recipe=cfg,
-        linears={p.name: p.entry for p in plans},
-        embeddings=embeddings,
-        skipped=skipped,
-        compresskit_version=__version__,
-        base_model=getattr(model.config, "_name_or_path", None) or None,
-        report={
-            "method": "omniquant",
-            "calibration_tokens": int(calib_ids.numel()),
-            "seconds": time.perf_counter() - t_start,
-            "fallback_blocks": fallbacks,
-            "activation_quantization": "simulated (fake-quantized per token)" if cfg.abits < 16 else None,
-            "blocks": reports,
-        },
-    )
+    return build_manifest(model, cfg, plans, skipped, embeddings, report={
+        "method": "omniquant",
+        "calibration_tokens": int(calib_ids.numel()),
+        "seconds": time.perf_counter() - t_start,
+        "fallback_blocks": fallbacks,
+        "activation_quantization": "simulated (fake-quantized per token)" if cfg.abits < 16 else None,
+        "blocks": reports,
+    })
