@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,6 +22,8 @@ def _run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except api.USER_ERRORS as e:
+        if os.environ.get("COMPRESSKIT_DEBUG"):
+            raise  # the full traceback, for bug reports
         # escaped: a path like "runs/[v2]" is text, not rich markup; soft_wrap: one line even when piped
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(2)

@@ -402,3 +402,9 @@ def test_gptq_from_the_cli(runner, tiny_dir, tmp_path):
     assert result.exit_code == 0, result.output
     q = json.loads((out / "config.json").read_text())["quantization_config"]
     assert q["recipe"]["method"] == "gptq" and q["recipe"]["nsamples"] == 4 and len(q["linears"]) == 14
+
+
+def test_debug_env_shows_the_traceback_instead_of_one_line(runner, tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESSKIT_DEBUG", "1")
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(tmp_path / "o"), "--wbits", "5", "--no-eval"])
+    assert result.exit_code != 0 and "wbits=5" in str(result.exception)
