@@ -38,6 +38,7 @@ class ArchSpec:
     embed: str
     final_norm: str
     lm_head: str
+    attention: str
     q_proj: str
     k_proj: str
     v_proj: str
@@ -82,6 +83,7 @@ def _llama_like(family: str, model_types: tuple[str, ...]) -> ArchSpec:
         embed="model.embed_tokens",
         final_norm="model.norm",
         lm_head="lm_head",
+        attention="self_attn",
         q_proj="self_attn.q_proj",
         k_proj="self_attn.k_proj",
         v_proj="self_attn.v_proj",

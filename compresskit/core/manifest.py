@@ -53,6 +53,7 @@ class QuantManifest:
     evaluation: dict[str, Any] | None = None
     base_model: str | None = None
     report: dict[str, Any] | None = None  # what the method did (per-block losses, fallbacks, timings)
+    attention_abits: int = 16  # < 16: q, k (after RoPE) and v fake-quantized per token (simulated)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +69,7 @@ class QuantManifest:
             "evaluation": self.evaluation,
             "base_model": self.base_model,
             "report": self.report,
+            "attention_abits": self.attention_abits,
         }
 
     @classmethod
@@ -92,4 +94,5 @@ class QuantManifest:
             evaluation=d.get("evaluation"),
             base_model=d.get("base_model"),
             report=d.get("report"),
+            attention_abits=int(d.get("attention_abits", 16)),
         )

@@ -21,6 +21,8 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..core.manifest import QUANT_METHOD, QuantManifest
+from ..core.arch import get_arch
+from ..kernels.attention import enable_qkv_quantization
 from ..kernels.convert import install_empty_modules, tie_int8_head
 
 
@@ -56,6 +58,8 @@ class CompresskitHfQuantizer(HfQuantizer):
         emb = self._manifest.embeddings
         if emb is not None and emb.tied:
             tie_int8_head(model, emb)
+        if self._manifest.attention_abits < 16:
+            enable_qkv_quantization(model, get_arch(model), self._manifest.attention_abits)
         return model
 
     def is_serializable(self) -> bool:

@@ -16,6 +16,7 @@ from ..core.config import ConfigError, QuantConfig
 from ..core.formats import GPTQPacked, Int8Rows, check_layer_shape
 from ..core.manifest import EmbeddingEntry, LinearEntry, QuantManifest
 from ..core.quant_math import quantize_rows_int8
+from ..kernels.attention import enable_qkv_quantization
 from ..kernels.convert import tie_int8_head
 from ..kernels.modules import Int8Embedding, Int8Linear, QuantLinear
 
@@ -111,6 +112,7 @@ def quantize_linears(
     """Quantize every planned linear with ``quantize_weight`` (one layer at a time), then embeddings."""
     plans, skipped = plan_linears(model, cfg)
     arch = get_arch(model)
+    enable_activation_quantization(model, cfg)
     for plan in plans:
         packed = quantize_weight(plan.module.weight.detach(), plan.entry)
         install_linear(model, plan, packed)
@@ -118,6 +120,13 @@ def quantize_linears(
             progress(plan.name)
     embeddings = quantize_embeddings(model, arch) if plan_embeddings(model, cfg, arch) else None
     return build_manifest(model, cfg, plans, skipped, embeddings)
+
+
+def enable_activation_quantization(model: nn.Module, cfg: QuantConfig) -> None:
+    """For W-A recipes: q/k/v inside attention are fake-quantized per token too (linear inputs are
+    handled by QuantLinear). Called after planning, so a bad setting changes nothing."""
+    if cfg.abits < 16:
+        enable_qkv_quantization(model, get_arch(model), cfg.abits)
 
 
 def build_manifest(model: nn.Module, cfg: QuantConfig, plans: list[LayerPlan], skipped: dict[str, str],
@@ -131,4 +140,5 @@ def build_manifest(model: nn.Module, cfg: QuantConfig, plans: list[LayerPlan], s
         compresskit_version=__version__,
         base_model=getattr(model.config, "_name_or_path", None) or None,
         report=report,
+        attention_abits=cfg.abits,
     )

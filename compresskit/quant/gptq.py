@@ -20,7 +20,7 @@ from ..core.formats import GPTQPacked
 from ..core.manifest import LinearEntry, QuantManifest
 from ..core.quant_math import compute_qparams
 from ..kernels.modules import QuantLinear
-from .apply import build_manifest, plan_embeddings, plan_linears, quantize_embeddings
+from .apply import build_manifest, enable_activation_quantization, plan_embeddings, plan_linears, quantize_embeddings
 from .blockwise import block_entries, capture_block_inputs, run_block
 
 
@@ -90,6 +90,7 @@ def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib_ids: torch.Tensor,
     plans, skipped = plan_linears(model, cfg)
     arch = get_arch(model)
     quantize_emb = plan_embeddings(model, cfg, arch)
+    enable_activation_quantization(model, cfg)
     blocks = arch.blocks_of(model)
     entries = block_entries(plans, arch, len(blocks))
     stream, kwargs = capture_block_inputs(model, calib_ids, cfg.batch_size)

@@ -17,7 +17,7 @@ import torch.nn as nn
 from ...core.arch import get_arch, get_module
 from ...core.config import OmniQuantConfig
 from ...core.manifest import QuantManifest
-from ..apply import build_manifest, plan_embeddings, plan_linears, quantize_embeddings
+from ..apply import build_manifest, enable_activation_quantization, plan_embeddings, plan_linears, quantize_embeddings
 from ..blockwise import block_entries, capture_block_inputs, run_block
 from .block import BlockQuantizer, BlockReport
 from .let import Geometry
@@ -32,6 +32,7 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
     plans, skipped = plan_linears(model, cfg)  # validates every layer before anything changes
     arch, geo = get_arch(model), Geometry.from_config(model.config)
     quantize_emb = plan_embeddings(model, cfg, arch)
+    enable_activation_quantization(model, cfg)
     blocks = arch.blocks_of(model)
     entries = block_entries(plans, arch, len(blocks))
     store = None
