@@ -92,6 +92,12 @@ def info_table(info: dict[str, Any]) -> Table:
     table.add_row("skipped", str(q["skipped"] or "none"))
     table.add_row("base model", escape(str(q["base_model"])))
     table.add_row("compresskit", str(q["compresskit_version"]))
+    if q.get("calibration"):
+        c = q["calibration"]
+        table.add_row("calibration", escape(", ".join(f"{k}={v:.0f}" if isinstance(v, float) else f"{k}={v}"
+                                                     for k, v in c.items() if v not in (None, []))))
+    if q.get("attention_abits", 16) < 16:
+        table.add_row("activations", f"{q['attention_abits']} bits per token (simulated)")
     if q.get("evaluation"):
         table.add_row("evaluation", ", ".join(q["evaluation"]))
     return table

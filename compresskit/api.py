@@ -251,6 +251,9 @@ def info(name_or_path: str | os.PathLike) -> dict[str, Any]:
             "compresskit_version": manifest.compresskit_version,
             "base_model": manifest.base_model,
             "evaluation": manifest.evaluation,
+            "calibration": None if not manifest.report else {
+                k: v for k, v in manifest.report.items() if k != "blocks"},
+            "attention_abits": manifest.attention_abits,
         },
         "foreign_quantization": qcfg if qcfg and manifest is None else None,
     }
