@@ -22,8 +22,15 @@ SCALE_SUFFIXES = (".scales", ".weight_scale")  # fp16 by construction: stored as
 DEFAULT_SHARD_BYTES = 4 * 1024**3
 
 
+def _narrow(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype`` when that loses nothing, else unchanged (e.g. norms with folded LET scales)."""
+    narrow = t.to(dtype)
+    return narrow if torch.equal(narrow.to(t.dtype), t) else t
+
+
 def storage_state_dict(model: nn.Module, storage_dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The tensors to write: tied duplicates dropped, scales as fp16, other floats as ``storage_dtype``."""
+    """The tensors to write: tied duplicates dropped; scales as fp16 and other floats as
+    ``storage_dtype``, each only where the cast is exact, so a reload reproduces the model bit for bit."""
     state = model.state_dict()
     for target, source in getattr(model, "all_tied_weights_keys", {}).items():
         if target in state and source in state and state[target].data_ptr() == state[source].data_ptr():
@@ -32,7 +39,7 @@ def storage_state_dict(model: nn.Module, storage_dtype: torch.dtype) -> dict[str
     for name, t in state.items():
         t = t.detach().cpu()
         if t.is_floating_point():
-            t = t.to(torch.float16 if name.endswith(SCALE_SUFFIXES) else storage_dtype)
+            t = _narrow(t, torch.float16 if name.endswith(SCALE_SUFFIXES) else storage_dtype)
         out[name] = t.contiguous().clone()
     return out
 

@@ -273,3 +273,27 @@ def test_failed_overwrite_keeps_the_old_dir(tmp_path, tiny_tokenizer, monkeypatc
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "precious"
+
+
+def test_folded_norms_keep_their_precision_when_the_source_is_bf16(tmp_path):
+    """LET folds scales into RMSNorm weights: a bf16 source must not round them on save."""
+    from compresskit.core.config import OmniQuantConfig
+
+    model = make_tiny_model("llama")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(torch.bfloat16).float())  # a model loaded from a bf16 checkpoint
+    model.compresskit_source = {"dtype": "bfloat16"}
+    ids = torch.randint(0, 320, (4, 32), generator=torch.Generator().manual_seed(0))
+    compresskit.quantize(model, OmniQuantConfig(wbits=3, group_size=32, nsamples=4, seqlen=32, epochs=1), calib=ids)
+    norm = model.model.layers[0].input_layernorm.weight
+    assert not torch.equal(norm.to(torch.bfloat16).float(), norm)  # folding left non-bf16 values
+    compresskit.save(model, None, tmp_path / "m")
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("model.layers.0.input_layernorm.weight").dtype == torch.float32
+        assert f.get_tensor("model.norm.weight").dtype == torch.bfloat16  # untouched tensors stay bf16
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
