@@ -84,19 +84,19 @@ def quantize(
     from compresskit import api
 
     task_list, length_list = _csv(tasks), _csv(lengths, int)
+    # every option goes in; the method's config class keeps the ones it takes
     fields = dict(method=method, wbits=wbits, group_size=group_size, sym=sym, abits=abits,
-                  ragged_last_group=ragged_last_group, embed_bits=embed_bits, skip=tuple(skip))
-    if method in ("gptq", "omniquant"):
-        fields.update(nsamples=nsamples, seqlen=seqlen, calib=calib, batch_size=batch_size, seed=seed)
+                  ragged_last_group=ragged_last_group, embed_bits=embed_bits, skip=tuple(skip),
+                  nsamples=nsamples, seqlen=seqlen, calib=calib, batch_size=batch_size, seed=seed,
+                  lwc=lwc, let=let, epochs=epochs if epochs is not None else (40 if wbits == 2 else 20),
+                  lr_lwc=lr_lwc, lr_let=lr_let, let_alpha=let_alpha)
     if method == "omniquant":
-        fields.update(lwc=lwc, let=let, epochs=epochs if epochs is not None else (40 if wbits == 2 else 20),
-                      lr_lwc=lr_lwc, lr_let=lr_let, let_alpha=let_alpha)
         work_dir = work_dir or output.with_name(output.name + ".omniquant-state")
         if work_dir.exists():
             console.print(f"resuming from {escape(str(work_dir))}")
     else:
         work_dir = None
-    config = _run(lambda: api.make_config(fields))
+    config = _run(lambda: api.make_config(fields, for_method=True))
     if config.abits < 16:
         console.print(f"activations at {config.abits} bits are simulated (fake-quantized per token): "
                       "no integer kernel runs them")

@@ -18,7 +18,9 @@ import torch
 import torch.nn as nn
 
 from .core.arch import UnsupportedArchitectureError
-from .core.config import CalibratedConfig, ConfigError, GPTQConfig, OmniQuantConfig, QuantConfig
+from .core.config import (
+    CalibratedConfig, ConfigError, GPTQConfig, OmniQuantConfig, QuantConfig, fields_for_method,
+)
 from .core.fsutil import OutputExistsError, check_output_dir, dir_size_bytes, write_json_atomic
 from .core.manifest import QuantManifest
 from .models import DEFAULT_MODEL, CorruptCheckpointError, ModelNotFoundError, load_pretrained, resolve_model
@@ -60,12 +62,13 @@ def quantize(
 ) -> QuantManifest:
     """Quantize ``model`` in place; returns the manifest (also kept as ``model.compresskit_manifest``).
 
-    ``config`` is a `QuantConfig` / `OmniQuantConfig`, a dict of fields (``method`` picks the class),
-    or None (fields from ``overrides``). RTN needs no data. OmniQuant calibrates on ``calib``: a
-    ``[nsamples, seqlen]`` LongTensor of token ids, or a source spec (``"builtin"``, ``"file:PATH"``,
-    ``"generated"``, ``"hf:NAME"``; default ``config.calib``) tokenized with ``tokenizer``.
-    ``work_dir`` keeps per-block checkpoints so an interrupted OmniQuant run resumes.
-    ``progress(message, advance=1)`` is called per layer (RTN) or per block epoch (OmniQuant).
+    ``config`` is a `QuantConfig`, `GPTQConfig` or `OmniQuantConfig`, a dict of fields (``method``
+    picks the class), or None (fields from ``overrides``). RTN needs no data. GPTQ and OmniQuant
+    calibrate on ``calib``: a ``[nsamples, seqlen]`` LongTensor of token ids, or a source spec
+    (``"builtin"``, ``"file:PATH"``, ``"generated"``, ``"hf:NAME"``; default ``config.calib``)
+    tokenized with ``tokenizer``. ``work_dir`` keeps per-block checkpoints so an interrupted
+    OmniQuant run resumes. ``progress(message, advance=1)`` is called per linear (RTN, GPTQ) or per
+    block epoch (OmniQuant).
     """
     config = make_config(config, **overrides)
     if isinstance(config, OmniQuantConfig):
@@ -86,8 +89,12 @@ def quantize(
     return manifest
 
 
-def make_config(config: QuantConfig | dict | None = None, **overrides: Any) -> QuantConfig:
-    """A validated config from a config object, a dict, and/or keyword overrides."""
+def make_config(config: QuantConfig | dict | None = None, *, for_method: bool = False,
+                **overrides: Any) -> QuantConfig:
+    """A validated config from a config object, a dict, and/or keyword overrides. With
+    ``for_method``, dict keys the chosen method does not take are dropped (CLI options)."""
+    if isinstance(config, dict) and for_method:
+        config = fields_for_method(config)
     if config is None:
         return QuantConfig.from_dict({"method": "rtn", **overrides})
     if isinstance(config, dict):

@@ -35,6 +35,7 @@ class QuantConfig:
       fp16 scale per row; 16 keeps them in the model's float dtype. On small models the embedding
       is a third of the checkpoint, so 8 is the default.
     - ``skip``: module names (exact or suffix after a dot) that stay in full precision.
+    - ``extra``: free-form JSON-able notes carried with the recipe (never read by compresskit).
     """
 
     method: str = "rtn"
@@ -83,6 +84,9 @@ class QuantConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
         """Build the config class of ``d["method"]`` (``QuantConfig`` for rtn)."""
+        method = d.get("method", "rtn")
+        if method not in SUPPORTED_METHODS:
+            raise ConfigError(f"unknown method {method!r}; supported: {', '.join(SUPPORTED_METHODS)}")
         if cls is QuantConfig and d.get("method") in METHOD_CONFIGS:
             cls = METHOD_CONFIGS[d["method"]]
         known = {f.name for f in fields(cls)}
@@ -187,6 +191,17 @@ class GPTQConfig(CalibratedConfig):
 METHOD_CONFIGS: dict[str, type[QuantConfig]] = {
     "rtn": QuantConfig, "omniquant": OmniQuantConfig, "gptq": GPTQConfig,
 }
+
+
+def fields_for_method(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` restricted to the fields that ``values["method"]``'s config class accepts (front ends
+    collect every option; each method takes its own). An unknown method passes through unchanged,
+    so the config reports it."""
+    cls = METHOD_CONFIGS.get(values.get("method", "rtn"))
+    if cls is None:
+        return dict(values)
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
 
 
 def check_group_size(group_size: int) -> None:

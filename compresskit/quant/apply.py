@@ -34,13 +34,6 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(name == p or name.endswith("." + p) for p in patterns)
 
 
-def float_dtype(model: nn.Module) -> torch.dtype:
-    for p in model.parameters():
-        if p.is_floating_point():
-            return p.dtype
-    return torch.float32
-
-
 def plan_embeddings(model: nn.Module, cfg: QuantConfig, arch: ArchSpec) -> bool:
     """Whether the embedding (and lm_head) become int8 rows; raises before changing anything."""
     if cfg.embed_bits == 16 or _matches(arch.embed, cfg.skip) or _matches(arch.lm_head, cfg.skip):

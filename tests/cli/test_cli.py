@@ -408,3 +408,10 @@ def test_debug_env_shows_the_traceback_instead_of_one_line(runner, tiny_dir, tmp
     monkeypatch.setenv("COMPRESSKIT_DEBUG", "1")
     result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(tmp_path / "o"), "--wbits", "5", "--no-eval"])
     assert result.exit_code != 0 and "wbits=5" in str(result.exception)
+
+
+def test_unknown_method_is_named_in_the_error(runner, tiny_dir, tmp_path):
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(tmp_path / "o"), "--method", "awq", "--no-eval"])
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert "unknown method 'awq'" in line and "omniquant" in line

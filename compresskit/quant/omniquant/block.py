@@ -78,13 +78,15 @@ class BlockQuantizer:
         self.device = next(block.parameters()).device
 
     # -- parameters -------------------------------------------------------------------------------
-    def init_state(self, stats: dict[str, torch.Tensor] | None) -> BlockState:
-        value = 4.0 if self.cfg.lwc else NO_CLIP
-        lwc = {}
-        for name in self.entries:
+    def _clip_factors(self, value: float) -> dict[str, dict[str, torch.Tensor]]:
+        out = {}
+        for name, entry in self.entries.items():
             w = self.base[f"{name}.weight"]
-            lwc[name] = {k: v.to(self.device) for k, v in init_factors(w.shape[0], w.shape[1],
-                                                                        self.entries[name].group_size, value).items()}
+            out[name] = {k: v.to(self.device) for k, v in init_factors(*w.shape, entry.group_size, value).items()}
+        return out
+
+    def init_state(self, stats: dict[str, torch.Tensor] | None) -> BlockState:
+        lwc = self._clip_factors(4.0 if self.cfg.lwc else NO_CLIP)
         let = None
         if self.cfg.let and stats is not None:  # learned in log space: AdamW's steps become relative
             init = init_let(stats, self.base, self.arch, self.geo, self.cfg.alpha)
@@ -93,9 +95,7 @@ class BlockQuantizer:
 
     def fallback_state(self) -> BlockState:
         """Round to nearest (min/max), no transformation."""
-        state = BlockState({n: {k: torch.full_like(v, NO_CLIP) for k, v in d.items()}
-                            for n, d in self.init_state(None).lwc.items()}, None)
-        return state
+        return BlockState(self._clip_factors(NO_CLIP), None)
 
     def transformed(self, state: BlockState) -> dict[str, torch.Tensor]:
         if state.let is None:

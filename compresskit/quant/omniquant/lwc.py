@@ -21,18 +21,22 @@ def init_factors(out_features: int, in_features: int, group_size: int, value: fl
 
 
 def lwc_qparams(
-    w: torch.Tensor, up: torch.Tensor, low: torch.Tensor, bits: int, group_size: int, sym: bool
+    w: torch.Tensor, up: torch.Tensor, low: torch.Tensor, bits: int, group_size: int, sym: bool,
+    fp16_scale: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale (differentiable in ``w``, ``up``, ``low``) and integer zero point, ``[out, groups]`` each."""
+    """Scale (differentiable in ``w``, ``up``, ``low``) and integer zero point, ``[out, groups]`` each.
+    ``fp16_scale`` rounds the scale to its storage type before the zero point is derived from it."""
     maxq = 2**bits - 1
     wmin, wmax = group_minmax(w, group_size)
     if sym:
         xmax = torch.sigmoid(up) * torch.maximum(wmax.abs(), wmin.abs())
         scale = (2 * xmax / maxq).clamp(SCALE_MIN, SCALE_MAX)
+        scale = scale.half().float() if fp16_scale else scale
         return scale, torch.full_like(scale, (maxq + 1) // 2)
     xmax = torch.sigmoid(up) * wmax
     xmin = torch.sigmoid(low) * wmin
     scale = ((xmax - xmin) / maxq).clamp(SCALE_MIN, SCALE_MAX)
+    scale = scale.half().float() if fp16_scale else scale
     zero = torch.round(-xmin / scale).clamp(0, maxq).detach()
     return scale, zero
 
@@ -48,13 +52,7 @@ def lwc_pack(w: torch.Tensor, up: torch.Tensor, low: torch.Tensor, entry: Linear
     """Final integer codes with the learned clipping; the scale is rounded to fp16 (its storage type)
     before the codes and zero points are computed, so the stored weights dequantize exactly."""
     w = w.float()
-    scale, _ = lwc_qparams(w, up.float(), low.float(), entry.bits, entry.group_size, entry.sym)
-    scale = scale.half().float()
-    maxq = 2**entry.bits - 1
-    if entry.sym:
-        zero = torch.full_like(scale, (maxq + 1) // 2).to(torch.int32)
-    else:
-        xmin = torch.sigmoid(low.float()) * group_minmax(w, entry.group_size)[0]
-        zero = torch.round(-xmin / scale).clamp(0, maxq).to(torch.int32)
+    scale, zero = lwc_qparams(w, up.float(), low.float(), entry.bits, entry.group_size, entry.sym, fp16_scale=True)
+    zero = zero.to(torch.int32)
     q = quantize(w, scale, zero, entry.bits, entry.group_size)
     return GPTQPacked.pack(q, scale, zero, entry.bits, entry.group_size)

@@ -56,9 +56,3 @@ class StateStore:
         save_file({k: v.detach().cpu().contiguous() for k, v in state.tensors().items()}, str(tmp))
         os.replace(tmp, tensors)
         write_json_atomic(report_file, report)  # written last: its presence marks the block finished
-
-    def finished(self) -> int:
-        n = 0
-        while all(f.is_file() for f in self._files(n)):
-            n += 1
-        return n
