@@ -64,7 +64,8 @@ def run_one(args: argparse.Namespace) -> dict:
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     report = compresskit.evaluate(model, tok, tasks=("ppl", "passkey"), lengths=args.lengths,
-                                  ppl_windows=args.ppl_windows, passkey_trials=args.passkey_trials, seed=args.seed)
+                                  ppl_windows=args.ppl_windows, passkey_trials=args.passkey_trials, seed=args.seed,
+                                  cache=False)
     scores = {f"{r.task}@{r.length}": r.score for r in report.rows}
     return {"method": method, "config": name, "calib_s": calib_s, "peak_bytes": peak, "device": device,
             "scores": scores, "eval_s": report.seconds}
@@ -146,7 +147,7 @@ def _merge(args) -> None:
             setattr(args, key, data["settings"][key])
         rows.update({(r["config"], r["method"]): r for r in data["rows"]})
     order = ["fp"] + list(CONFIGS)
-    methods = ["fp", *WEIGHT_ONLY, *WEIGHT_ACT]
+    methods = ["fp", "rtn", "gptq", "nf4", "smoothquant", "omniquant", "omniquant_let"]
     ordered = sorted(rows.values(), key=lambda r: (order.index(r["config"]), methods.index(r["method"])))
     _write(ordered, args, any(r.get("device") == "cuda" for r in ordered))
 

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from .render import (
-    comparison_table, console, err_console, gate_table, info_table, progress_bar, report_table, status,
+    comparison_table, console, err_console, gate_table, info_table, progress_bar, report_table, rows_table, status,
 )
 
 app = typer.Typer(help="Compress Hugging Face causal LMs and check them at long context.",
@@ -225,6 +225,19 @@ def info(
         print(json.dumps(data, indent=2))
     else:
         console.print(info_table(data))
+
+
+@app.command()
+def kernels(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+    """List the kernel backends: what each serves, where automatic choice uses it, whether it runs here."""
+    from compresskit import api
+
+    rows = api.kernel_backends()
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    cols = ["backend", "devices", "bits", "group sizes", "dtypes", "auto on", "here"]
+    console.print(rows_table("kernel backends", [cols] + [[r[c] for c in cols] for r in rows]))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,10 @@ def _rows_table(title: str, rows: list[list[str]]) -> Table:
     return table
 
 
+def rows_table(title: str, rows: list[list[str]]) -> Table:
+    return _rows_table(title, rows)
+
+
 def gate_table(title: str, comparison: Any) -> Table:
     """A comparison's rows (parent, compressed, change, limit, ok), failing rows in red."""
     return _rows_table(title, comparison.table())

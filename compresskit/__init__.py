@@ -10,7 +10,17 @@ from .integrations.transformers_plugin import register as _register  # noqa: E40
 
 _register()
 
-from .api import compare, evaluate, info, load_model, quantize, save, write_eval_report  # noqa: E402
+from .api import (  # noqa: E402
+    compare,
+    evaluate,
+    info,
+    kernel_backends,
+    load_model,
+    quantize,
+    save,
+    set_kernel_backend,
+    write_eval_report,
+)
 
-__all__ = ["OmniQuantConfig", "QuantConfig", "compare", "evaluate", "info", "load_model", "quantize", "save",
-           "write_eval_report", "__version__"]
+__all__ = ["OmniQuantConfig", "QuantConfig", "compare", "evaluate", "info", "kernel_backends", "load_model",
+           "quantize", "save", "set_kernel_backend", "write_eval_report", "__version__"]

@@ -41,13 +41,37 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     verify: bool = True,
+    backend: str = "auto",
 ):
     """``(model, tokenizer)`` for an embedded name (``smollm2-135m``), a local directory or a hub id.
 
     Quantized compresskit checkpoints load too (their packed modules are rebuilt). ``verify``
-    checks the files against the manifest's sha256 sums.
+    checks the files against the manifest's sha256 sums. ``backend`` picks the kernel of quantized
+    layers (see `set_kernel_backend`).
     """
-    return load_pretrained(name_or_path, dtype=dtype, device=device, verify=verify)
+    model, tokenizer = load_pretrained(name_or_path, dtype=dtype, device=device, verify=verify)
+    if backend != "auto":
+        set_kernel_backend(model, backend)
+    return model, tokenizer
+
+
+def set_kernel_backend(model: nn.Module, backend: str = "auto") -> dict[str, str]:
+    """Compute every quantized layer through ``backend``: ``"auto"`` (per layer, device and dtype: Triton
+    on CUDA, compresskit's C kernels on CPU, chunked dequantize elsewhere), or a name from
+    `kernel_backends` (``triton``, ``cpu_native``, ``cpu_int4pack``, ``dequant``, ``dense``,
+    ``reference``). A forced backend is checked against every layer now; ``BackendError`` names the
+    first layer it cannot serve, why, and which backends can. Returns layer name -> backend."""
+    from .kernels.modules import set_kernel_backend as _set
+
+    return _set(model, backend)
+
+
+def kernel_backends() -> list[dict[str, str]]:
+    """The backend table: devices, bits, group sizes and dtypes each kernel serves, where automatic
+    choice uses it, and whether it can run on this machine."""
+    from .kernels.backends import table
+
+    return table()
 
 
 def quantize(

@@ -4,8 +4,14 @@ Unit tests never touch the real model; they build 2-layer GQA models in code (se
 """
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Triton kernels are tested on CPU tensors through the interpreter; it must be on before triton is
+# imported (the same kernels run natively on a GPU: bench/kernels.py --check).
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 TINY_TEXT = (
     "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "

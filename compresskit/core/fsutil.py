@@ -19,6 +19,14 @@ class OutputExistsError(FileExistsError):
     """The output path exists and overwriting was not asked for."""
 
 
+def cache_root() -> Path:
+    """``$COMPRESSKIT_CACHE``, else ``$XDG_CACHE_HOME/compresskit``, else ``~/.cache/compresskit``."""
+    if os.environ.get("COMPRESSKIT_CACHE"):
+        return Path(os.environ["COMPRESSKIT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "compresskit"
+
+
 def check_output_dir(path: str | os.PathLike, overwrite: bool) -> Path:
     """Fail early (before any work) if ``path`` cannot be written."""
     path = Path(path)

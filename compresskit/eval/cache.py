@@ -15,11 +15,13 @@ import torch
 from ..core.fsutil import write_json_atomic
 from .report import EvalRow
 
-CACHE_VERSION = 1  # bump when a task's scoring changes
+CACHE_VERSION = 2  # bump when a task's scoring or the fingerprint changes
 
 
 def model_fingerprint(model: Any) -> str:
-    """sha256 over every state-dict tensor (name, dtype, shape, bytes) and the config (name excluded)."""
+    """sha256 over every state-dict tensor (name, dtype, shape, bytes), the config (name excluded) and
+    the settings that change the forward pass without being tensors: activation bits of quantized
+    linears and attention, and the attention implementation."""
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -29,6 +31,11 @@ def model_fingerprint(model: Any) -> str:
     if config is not None:
         d = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
         h.update(json.dumps(d, sort_keys=True, default=str).encode())
+        h.update(f"attn={getattr(config, '_attn_implementation', None)}".encode())
+    for name, m in model.named_modules():
+        for attr in ("abits", "compresskit_abits"):
+            if hasattr(m, attr):
+                h.update(f"{name}|{attr}={getattr(m, attr)}".encode())
     return h.hexdigest()
 
 

@@ -23,7 +23,7 @@ from .longbench_metrics import base_dataset
 from .passkey import passkey, passkey_min_length
 from .perplexity import check_perplexity_args, encode_text, num_windows, perplexity_ids
 from .report import EvalReport, EvalRow
-from .ruler import RULER_ALIASES, RULER_TASKS, resolve_task, ruler, ruler_min_length
+from .ruler import RULER_ALIASES, RULER_TASKS, ruler, ruler_min_length
 
 DEFAULT_TASKS: tuple[str, ...] = ("ppl", "passkey", "niah_single_1", "niah_multikey_1", "vt", "cwe")
 """The default long-context set: perplexity, passkey, two needle tasks, tracing and aggregation."""

@@ -1,7 +1,9 @@
 """Runtime modules that hold packed weights and compute through a kernel backend.
 
 Built empty (shapes only) before a checkpoint is loaded, or from packed tensors right after
-quantization; they hold no quantization logic of their own.
+quantization; they hold no quantization logic of their own. A `QuantLinear` asks `backends.select`
+for its kernel on the first forward on a device/dtype (``backend`` is ``"auto"`` unless set), prepares
+its packed tensors once for that kernel, and reuses them until the weights, device or dtype change.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import torch.nn as nn
 
 from ..core.formats import GPTQPacked, Int8Rows
 from ..core.quant_math import quantize_activations
-from . import reference
+from . import backends, reference
 
 
 class QuantLinear(nn.Module):
@@ -33,7 +35,8 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.group_size, self.abits = bits, group_size, abits
-        self.backend = "torch"
+        self.backend = "auto"  # a name from backends.BACKENDS, or "auto"
+        self._kernel: tuple | None = None  # ((backend request, device, dtype), Backend, prepared state)
         specs = GPTQPacked.tensor_specs(in_features, out_features, bits, group_size)
         for name, (shape, tdtype) in specs.items():
             # scales follow the model's float dtype (fp16-exact values); integer tensors stay int32
@@ -58,18 +61,37 @@ class QuantLinear(nn.Module):
             self.bits, self.group_size, self.in_features, self.out_features,
         )
 
+    def spec(self, name: str = "QuantLinear") -> backends.LayerSpec:
+        return backends.LayerSpec(name, self.bits, self.group_size, self.in_features, self.out_features)
+
+    def kernel(self, device: torch.device, dtype: torch.dtype) -> tuple[backends.Backend, object]:
+        """The backend serving this layer for inputs on ``device`` in ``dtype``, and its prepared state."""
+        key = (self.backend, device, dtype)
+        if self._kernel is None or self._kernel[0] != key:
+            chosen = backends.select(self.spec(), device, dtype, self.backend)
+            self._kernel = (key, chosen, chosen.prepare(self.packed(), device, dtype))
+        return self._kernel[1], self._kernel[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.abits < 16:  # simulated weight-activation quantization: no integer kernel here
             x = quantize_activations(x, self.abits)
-        cached = getattr(self, "_dense", None)
-        if cached is not None and cached.dtype == x.dtype:
-            return torch.nn.functional.linear(x, cached, None if self.bias is None else self.bias.to(x.dtype))
-        return reference.gptq_linear(x, self.packed(), self.bias)
+        backend, state = self.kernel(x.device, x.dtype)
+        return backend.forward(state, x, self.bias)
+
+    def _apply(self, fn, recurse: bool = True):  # .to() / .half() / .cuda(): prepared copies are stale
+        self._kernel = None
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # new weights: prepared copies are stale
+        self._kernel = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         g = "per-channel" if self.group_size == -1 else f"group_size={self.group_size}"
         a = "" if self.abits >= 16 else f", abits={self.abits} (simulated)"
-        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, {g}{a}, backend={self.backend}"
+        used = f" ({self._kernel[1].name})" if self.backend == "auto" and self._kernel is not None else ""
+        return (f"in={self.in_features}, out={self.out_features}, bits={self.bits}, {g}{a}, "
+                f"backend={self.backend}{used}")
 
 
 class _Int8Rows(nn.Module):
@@ -110,23 +132,54 @@ class Int8Linear(_Int8Rows):
         super().__init__(out_features, in_features, dtype, device)
         self.in_features, self.out_features = in_features, out_features
 
+    use_native = True  # the C kernel on CPU for decode-sized inputs; set_kernel_backend("reference") turns it off
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        if self.use_native and x.device.type == "cpu" and rows.shape[0] <= 8 and _native_ok():
+            from . import cpu_native
+
+            y = cpu_native.int8_rows(rows.float().contiguous(), self.weight.data, self.weight_scale.data)
+            return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return reference.int8_rows_linear(x, self.weight, self.weight_scale)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, int8 rows"
 
 
+def _native_ok() -> bool:
+    return backends.BACKENDS["cpu_native"].unavailable() is None
+
+
+def set_kernel_backend(model: nn.Module, backend: str = "auto") -> dict[str, str]:
+    """Make every quantized layer of ``model`` compute through ``backend`` ("auto" chooses per layer,
+    device and dtype). A forced backend is checked now, against the model's current device and dtype,
+    and `backends.BackendError` names the first layer it cannot serve. Returns layer -> backend used."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    chosen = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantLinear):
+            selected = backends.select(m.spec(name), device, dtype, backend)
+            m.backend, m._kernel = backend, None
+            chosen[name] = selected.name
+        elif isinstance(m, Int8Linear):
+            m.use_native = backend not in ("reference", "dense")
+    return chosen
+
+
 @contextmanager
-def dequantized_cache(model: nn.Module, dtype: torch.dtype | None = None) -> Iterator[None]:
-    """Within the block, every QuantLinear computes with a weight dequantized once (the same values
-    the reference path computes on each call), which makes repeated forwards (decoding) fast at the
-    memory cost of a dense model. The cache is dropped on exit."""
+def dequantized_cache(model: nn.Module) -> Iterator[None]:
+    """Within the block, every QuantLinear computes with a weight dequantized once (backend "dense":
+    the same values the reference path computes on each call), which makes repeated forwards
+    (evaluation) fast at the memory cost of a dense model. The previous backend is restored on exit."""
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    saved = [m.backend for m in layers]
     try:
         for m in layers:
-            m._dense = m.packed().dequantize(dtype or m.scales.dtype)
+            m.backend = "dense"
         yield
     finally:
-        for m in layers:
-            m._dense = None
+        for m, b in zip(layers, saved):
+            m.backend, m._kernel = b, None

@@ -7,13 +7,12 @@ into a normal Hugging Face checkpoint (bf16 safetensors + tokenizer) in the cach
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..core.fsutil import atomic_output_dir
+from ..core.fsutil import atomic_output_dir, cache_root  # noqa: F401 (re-exported)
 
 
 class EmbeddedModelMissing(RuntimeError):
@@ -40,14 +39,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
-
-
-def cache_root() -> Path:
-    """``$COMPRESSKIT_CACHE``, else ``$XDG_CACHE_HOME/compresskit``, else ``~/.cache/compresskit``."""
-    if os.environ.get("COMPRESSKIT_CACHE"):
-        return Path(os.environ["COMPRESSKIT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "compresskit"
 
 
 def gguf_path(spec: EmbeddedModel) -> Path:

@@ -21,6 +21,19 @@ def test_fingerprint_tracks_weights_and_config():
     assert model_fingerprint(a) != model_fingerprint(c)
 
 
+def test_fingerprint_tracks_activation_quantization():
+    """Same packed weights, W4 vs W4A4: the forward differs, so cached rows must not be shared."""
+    from compresskit.core.config import QuantConfig
+    from compresskit.quant import quantize_rtn
+
+    w4, w4a4 = make_tiny_model("llama"), make_tiny_model("llama")
+    quantize_rtn(w4, QuantConfig(wbits=4, group_size=-1, embed_bits=16))
+    quantize_rtn(w4a4, QuantConfig(wbits=4, abits=4, group_size=-1, embed_bits=16))
+    assert set(w4.state_dict()) == set(w4a4.state_dict())
+    assert all(torch.equal(t, w4a4.state_dict()[k]) for k, t in w4.state_dict().items())
+    assert model_fingerprint(w4) != model_fingerprint(w4a4)
+
+
 def test_tokenizer_fingerprint(tiny_tokenizer):
     from conftest import make_tiny_tokenizer
 

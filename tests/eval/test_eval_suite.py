@@ -7,7 +7,6 @@ import pytest
 from conftest import TINY_TEXT
 
 from compresskit.eval import (
-    TASKS,
     EvalReport,
     EvalRow,
     count_tokens,

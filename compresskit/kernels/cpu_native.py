@@ -1,0 +1,217 @@
+"""The CPU fast path: a small C library (csrc/cpu_kernels.c) compiled on first use and called with ctypes.
+
+The decode GEMV reads packed GPTQ words (2/4/8 bits; 3-bit weights are widened to 4-bit codes), so a
+4-bit layer moves ~8x fewer weight bytes than fp32. At load the words are regrouped once into tiles of
+64 output columns, each contiguous in memory (in the GPTQ layout a tile's rows are a whole row of
+words apart, which defeats the hardware prefetcher: measured ~1.5x slower decode). Prefill (many rows)
+dequantizes tiles with the same library and hands them to torch's BLAS. The library is
+built with the machine's C compiler (``$CC``, gcc, cc or clang) with ``-O3 -march=native -fopenmp``
+and cached under ``$COMPRESSKIT_CACHE/kernels`` keyed by source, compiler and CPU, so the build (about
+a second) happens once per machine. ``COMPRESSKIT_NO_NATIVE=1`` turns it off.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..core.formats import GPTQPacked
+from ..core.fsutil import cache_root
+from ..core.packing import pack_int, unpack_int
+
+SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
+GEMV_MAX_ROWS = 8  # above this many rows, dequantize column chunks and use BLAS (measured in bench/kernels.py)
+CHUNK_ELEMENTS = 1 << 22  # at most this many dequantized weights (16 MB fp32) at a time in prefill
+_FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"])
+_COMMON = ["-std=gnu11", "-ffp-contract=fast", "-shared", "-fPIC"]  # fp-contract: fused multiply-adds
+
+
+class NativeUnavailable(RuntimeError):
+    """The C library could not be built or loaded here."""
+
+
+def _compiler() -> str:
+    for cc in (os.environ.get("CC"), "gcc", "cc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    raise NativeUnavailable("no C compiler found (tried $CC, gcc, cc, clang): install gcc to get the CPU fast "
+                            "path, or use backend='dequant'")
+
+
+def _cpu_id() -> str:
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()} {platform.processor()} {flags}"
+
+
+def _build(cc: str) -> Path:
+    src = SOURCE.read_bytes()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256(src + repr((_FLAG_SETS, _COMMON)).encode() + version.encode() + _cpu_id().encode()).hexdigest()[:16]
+    out = cache_root() / "kernels" / f"cpu_kernels-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags in _FLAG_SETS:
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+        proc = subprocess.run([cc, *flags, *_COMMON, "-o", str(tmp), str(SOURCE)],
+                              capture_output=True, text=True)
+        if proc.returncode == 0:
+            os.replace(tmp, out)  # atomic: a concurrent build of the same key writes the same bytes
+            return out
+        tmp.unlink(missing_ok=True)
+        errors.append(f"{cc} {' '.join(flags)}: {proc.stderr.strip()[-400:]}")
+    raise NativeUnavailable("building the CPU kernels failed:\n" + "\n".join(errors))
+
+
+@functools.lru_cache(maxsize=None)
+def library() -> ctypes.CDLL:
+    """The loaded library (built on first call); `NativeUnavailable` says why not."""
+    if os.environ.get("COMPRESSKIT_NO_NATIVE") == "1":
+        raise NativeUnavailable("turned off by COMPRESSKIT_NO_NATIVE=1")
+    path = _build(_compiler())
+    lib = ctypes.CDLL(str(path))  # torch is already loaded, so its OpenMP runtime is the one used
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    lib.ck_gemv.argtypes = [ptr, i64, i64, ptr, i32, ptr, ptr, i64, i64, ptr, i64, i32]
+    lib.ck_gemv.restype = i32
+    lib.ck_dequant_tiles.argtypes = [ptr, i64, i32, ptr, ptr, i64, i64, i64, i64, ptr, i32]
+    lib.ck_dequant_tiles.restype = i32
+    lib.ck_int8_rows.argtypes = [ptr, i64, i64, ptr, ptr, i64, ptr, i32]
+    lib.ck_int8_rows.restype = None
+    return lib
+
+
+def unavailable_reason() -> str | None:
+    try:
+        library()
+    except NativeUnavailable as e:
+        return str(e)
+    return None
+
+
+TILE = 64  # output columns per tile (NB in the C source)
+
+
+@dataclass
+class NativeWeights:
+    """A layer prepared for the C kernels: words, scales and zeros regrouped into 64-column tiles."""
+
+    qt: torch.Tensor  # int32 [tiles, K / (32 / bits), 64]
+    st: torch.Tensor  # float32 [tiles, G, 64] scales (0 in padding columns)
+    zt: torch.Tensor  # float32 [tiles, G, 64] zero points
+    bits: int
+    group_size: int  # K for per-channel
+    in_features: int
+    out_features: int
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qt, self.st, self.zt))
+
+
+def group_size_ok(bits: int, group_size: int) -> bool:
+    """Groups must start on a packed-word boundary (after 3 -> 4 widening)."""
+    word_bits = 4 if bits == 3 else bits
+    return group_size == -1 or group_size % (32 // word_bits) == 0
+
+
+def _tiles(t: torch.Tensor) -> torch.Tensor:
+    """``[rows, N]`` -> ``[ceil(N / 64), rows, 64]``, zero-padded on the right."""
+    rows, n = t.shape
+    pad = (-n) % TILE
+    if pad:
+        t = torch.cat([t, t.new_zeros(rows, pad)], dim=1)
+    return t.reshape(rows, -1, TILE).permute(1, 0, 2).contiguous()
+
+
+def prepare(packed: GPTQPacked) -> NativeWeights:
+    q_words = packed.qweight
+    bits = packed.bits
+    if bits == 3:  # one-time widening: 3-bit codes straddle words; 4-bit codes never do
+        q = unpack_int(packed.qweight.t(), 3, packed.in_features)  # [N, K]
+        q_words, bits = pack_int(q, 4).t(), 4
+    zeros = unpack_int(packed.qzeros, packed.bits, packed.out_features)  # [G, N]
+    gs = packed.in_features if packed.group_size == -1 else packed.group_size
+    return NativeWeights(_tiles(q_words.cpu()), _tiles(packed.scales.float().cpu()), _tiles(zeros.float().cpu()),
+                         bits, gs, packed.in_features, packed.out_features)
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def gemv(x: torch.Tensor, w: NativeWeights, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``x [M, K] float32`` -> ``[M, N]`` through the packed-word kernel (best for few rows)."""
+    _check_rows(x, w.in_features)
+    y = torch.empty(x.shape[0], w.out_features, dtype=torch.float32) if out is None else out
+    _check_out(y, (x.shape[0], w.out_features))
+    rc = library().ck_gemv(x.data_ptr(), x.shape[0], w.in_features, w.qt.data_ptr(), w.bits, w.st.data_ptr(),
+                           w.zt.data_ptr(), w.st.shape[1], w.group_size, y.data_ptr(), w.out_features, _threads())
+    if rc:
+        raise ValueError(f"the CPU kernel does not support {w.bits}-bit words")
+    return y
+
+
+def dequant_tiles(w: NativeWeights, t0: int, t1: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``dequant(W)`` of output tiles ``[t0, t1)`` transposed: float32 ``[K, (t1 - t0) * 64]`` (columns
+    past out_features are zero)."""
+    tiles = w.qt.shape[0]
+    if not 0 <= t0 < t1 <= tiles:
+        raise ValueError(f"tile range [{t0}, {t1}) is outside 0..{tiles}")
+    wt = torch.empty(w.in_features, (t1 - t0) * TILE, dtype=torch.float32) if out is None else out
+    _check_out(wt, (w.in_features, (t1 - t0) * TILE))
+    library().ck_dequant_tiles(w.qt.data_ptr(), w.in_features, w.bits, w.st.data_ptr(), w.zt.data_ptr(),
+                               w.st.shape[1], w.group_size, t0, t1, wt.data_ptr(), _threads())
+    return wt
+
+
+def matmul(x: torch.Tensor, w: NativeWeights) -> torch.Tensor:
+    """``x [M, K] float32 @ dequant(W).T``: the GEMV for few rows, dequantized tiles + BLAS otherwise."""
+    if x.shape[0] <= GEMV_MAX_ROWS:
+        return gemv(x, w)
+    tiles = w.qt.shape[0]
+    step = max(1, CHUNK_ELEMENTS // (w.in_features * TILE))
+    if step >= tiles:
+        return (x @ dequant_tiles(w, 0, tiles))[:, :w.out_features]
+    y = torch.empty(x.shape[0], w.out_features, dtype=torch.float32)
+    for t0 in range(0, tiles, step):
+        t1 = min(t0 + step, tiles)
+        n0, n1 = t0 * TILE, min(t1 * TILE, w.out_features)
+        y[:, n0:n1] = (x @ dequant_tiles(w, t0, t1))[:, :n1 - n0]
+    return y
+
+
+def int8_rows(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, out: torch.Tensor | None = None):
+    """``x [M, K] float32 @ (weight int8 [N, K] * scale[N, None]).T`` without materializing the table."""
+    _check_rows(x, weight.shape[1])
+    if weight.dtype != torch.int8 or not weight.is_contiguous():
+        raise ValueError("weight must be a contiguous int8 [N, K] table")
+    s = scale.float().contiguous()
+    y = torch.empty(x.shape[0], weight.shape[0], dtype=torch.float32) if out is None else out
+    _check_out(y, (x.shape[0], weight.shape[0]))
+    library().ck_int8_rows(x.data_ptr(), x.shape[0], weight.shape[1], weight.data_ptr(), s.data_ptr(),
+                           weight.shape[0], y.data_ptr(), _threads())
+    return y
+
+
+def _check_rows(x: torch.Tensor, k: int) -> None:
+    if x.dim() != 2 or x.shape[1] != k or x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu":
+        raise ValueError(f"expected a contiguous float32 CPU tensor [rows, {k}], got {x.dtype} {tuple(x.shape)} "
+                         f"on {x.device}")
+
+
+def _check_out(y: torch.Tensor, shape: tuple[int, int]) -> None:
+    if tuple(y.shape) != shape or y.dtype != torch.float32 or not y.is_contiguous():
+        raise ValueError(f"out must be a contiguous float32 tensor of shape {shape}")
