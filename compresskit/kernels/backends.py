@@ -9,6 +9,7 @@ that can serve it, or checks a forced one and raises `BackendError` naming the l
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ class LayerSpec:
 
 
 @dataclass(frozen=True)
-class Backend:
+class Backend(ABC):
     name: str
     devices: tuple[str, ...]
     bits: tuple[int, ...]
@@ -65,8 +66,9 @@ class Backend:
     def prepare(self, packed: GPTQPacked, device: torch.device, dtype: torch.dtype) -> Any:
         return packed
 
+    @abstractmethod
     def forward(self, state: Any, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        raise NotImplementedError
+        """``x @ W.T + bias`` from the prepared state, in the dtype of ``x``."""
 
 
 _FLOATS = (torch.float32, torch.float16, torch.bfloat16)

@@ -105,3 +105,14 @@ def test_whole_model_logits_match_reference(backend, rows):
         out = model(ids).logits
     assert set(used.values()) == {backend}
     assert rel_err(out, ref) < 1e-5
+
+
+def test_import_loads_no_kernel():
+    """Importing compresskit imports no kernel module and builds nothing: kernels load on first use."""
+    import subprocess
+    import sys
+
+    code = ("import sys, compresskit; from compresskit.kernels import cpu_native; "
+            "print('compresskit.kernels.triton_kernels' in sys.modules, cpu_native.library.cache_info().currsize)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "0"]
