@@ -158,13 +158,12 @@ def set_kernel_backend(model: nn.Module, backend: str = "auto") -> dict[str, str
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    chosen = {}
-    for name, m in model.named_modules():
-        if isinstance(m, QuantLinear):
-            selected = backends.select(m.spec(name), device, dtype, backend)
-            m.backend, m._kernel = backend, None
-            chosen[name] = selected.name
-        elif isinstance(m, Int8Linear):
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    chosen = {name: backends.select(m.spec(name), device, dtype, backend).name for name, m in layers.items()}
+    for m in layers.values():  # only once every layer passed: a refused backend changes nothing
+        m.backend, m._kernel = backend, None
+    for m in model.modules():
+        if isinstance(m, Int8Linear):
             m.use_native = backend not in ("reference", "dense")
     return chosen
 
@@ -175,11 +174,16 @@ def dequantized_cache(model: nn.Module) -> Iterator[None]:
     the same values the reference path computes on each call), which makes repeated forwards
     (evaluation) fast at the memory cost of a dense model. The previous backend is restored on exit."""
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
-    saved = [m.backend for m in layers]
+    heads = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    saved, saved_heads = [m.backend for m in layers], [m.use_native for m in heads]
     try:
         for m in layers:
             m.backend = "dense"
+        for m in heads:  # the reference int8 head too, so scores match the reference path exactly
+            m.use_native = False
         yield
     finally:
         for m, b in zip(layers, saved):
             m.backend, m._kernel = b, None
+        for m, u in zip(heads, saved_heads):
+            m.use_native = u

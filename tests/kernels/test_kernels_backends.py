@@ -58,6 +58,7 @@ def test_set_kernel_backend_checks_every_layer_up_front():
     quantize_rtn(model, QuantConfig(wbits=3, group_size=32))
     with pytest.raises(BackendError, match=r"model\.layers\.0\.self_attn\.q_proj"):
         compresskit.set_kernel_backend(model, "cpu_int4pack")
+    assert all(m.backend == "auto" for m in model.modules() if isinstance(m, QuantLinear))  # nothing changed
     chosen = compresskit.set_kernel_backend(model, "dequant")
     assert len(chosen) == 14 and set(chosen.values()) == {"dequant"}
     assert all(m.backend == "dequant" for m in model.modules() if isinstance(m, QuantLinear))
