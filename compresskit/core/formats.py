@@ -84,11 +84,17 @@ class GPTQPacked:
             out_features=out_f,
         )
 
+    def codes(self) -> torch.Tensor:
+        """The integer codes ``q``, uint8 ``[out, in]``."""
+        return unpack_int(self.qweight.t(), self.bits, self.in_features)
+
+    def zero_points(self) -> torch.Tensor:
+        """The zero points as stored (groups first), uint8 ``[groups, out]``."""
+        return unpack_int(self.qzeros, self.bits, self.out_features)
+
     def unpack(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(q [out, in] uint8, zero [out, groups] uint8, scale [out, groups] fp16)``."""
-        q = unpack_int(self.qweight.t(), self.bits, self.in_features)
-        zero = unpack_int(self.qzeros, self.bits, self.out_features).t()
-        return q, zero, self.scales.t()
+        return self.codes(), self.zero_points().t(), self.scales.t()
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         q, zero, scale = self.unpack()

@@ -110,7 +110,7 @@ class ChunkedDequant(Backend):
     CHUNK = 1 << 22
 
     def prepare(self, packed, device, dtype):
-        zeros = unpack_int(packed.qzeros, packed.bits, packed.out_features).t()  # [N, G]
+        zeros = packed.zero_points().t()  # [N, G]
         return packed, zeros, packed.scales.t()
 
     def forward(self, state, x, bias):

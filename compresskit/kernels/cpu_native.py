@@ -26,7 +26,7 @@ import torch
 
 from ..core.formats import GPTQPacked
 from ..core.fsutil import cache_root
-from ..core.packing import pack_int, unpack_int
+from ..core.packing import pack_int
 
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 GEMV_MAX_ROWS = 8  # above this many rows, dequantize column chunks and use BLAS (measured in bench/kernels.py)
@@ -140,9 +140,8 @@ def prepare(packed: GPTQPacked) -> NativeWeights:
     q_words = packed.qweight
     bits = packed.bits
     if bits == 3:  # one-time widening: 3-bit codes straddle words; 4-bit codes never do
-        q = unpack_int(packed.qweight.t(), 3, packed.in_features)  # [N, K]
-        q_words, bits = pack_int(q, 4).t(), 4
-    zeros = unpack_int(packed.qzeros, packed.bits, packed.out_features)  # [G, N]
+        q_words, bits = pack_int(packed.codes(), 4).t(), 4
+    zeros = packed.zero_points()  # [G, N]
     gs = packed.in_features if packed.group_size == -1 else packed.group_size
     return NativeWeights(_tiles(q_words.cpu()), _tiles(packed.scales.float().cpu()), _tiles(zeros.float().cpu()),
                          bits, gs, packed.in_features, packed.out_features)

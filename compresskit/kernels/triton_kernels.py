@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ..core.formats import GPTQPacked
-from ..core.packing import pack_int, unpack_int
+from ..core.packing import pack_int
 
 GEMV_MAX_ROWS = 8
 
@@ -41,10 +41,10 @@ def prepare(packed: GPTQPacked, device: torch.device, dtype: torch.dtype) -> Tri
     """One-time repack for the kernels (3-bit planes, unpacked zeros); everything else is the GPTQ layout."""
     qweight, qhigh = packed.qweight, packed.qweight.new_zeros(1)
     if packed.bits == 3:
-        q = unpack_int(packed.qweight.t(), 3, packed.in_features)  # [N, K]
+        q = packed.codes()  # [N, K]
         qweight = pack_int(q & 3, 2).t().contiguous()
         qhigh = pack_int(q >> 2, 1).t().contiguous()
-    zeros = unpack_int(packed.qzeros, packed.bits, packed.out_features)
+    zeros = packed.zero_points()
     gs = packed.in_features if packed.group_size == -1 else packed.group_size
     return TritonWeights(qweight.to(device).contiguous(), qhigh.to(device), packed.scales.to(device, dtype).contiguous(),
                          zeros.to(device).contiguous(), packed.bits, gs, packed.in_features, packed.out_features)
@@ -69,6 +69,13 @@ def _dequant_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, offs_k, offs_n, K, N, group_size
 
 
 @triton.jit
+def _load_rows(x_ptr, offs_m, offs_k, M, K, stride_xm):
+    """Activations ``[BLOCK_M, BLOCK_K]``; zero outside ``M x K``."""
+    return tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                   mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, ws_ptr, M, N, K, stride_xm, group_size, k_per_split,
                  BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
@@ -80,8 +87,7 @@ def _gemv_kernel(x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, ws_ptr, M, N, K, stride_xm
     for k0 in range(k_start, k_start + k_per_split, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         w = _dequant_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, offs_k, offs_n, K, N, group_size, BITS)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0).to(tl.float32)
+        x = _load_rows(x_ptr, offs_m, offs_k, M, K, stride_xm).to(tl.float32)
         acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
     out = ws_ptr + pid_k * M * N + offs_m[:, None] * N + offs_n[None, :]
     tl.store(out, acc, mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
@@ -97,8 +103,7 @@ def _gemm_kernel(x_ptr, qw_ptr, qh_ptr, s_ptr, z_ptr, y_ptr, M, N, K, stride_xm,
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+        x = _load_rows(x_ptr, offs_m, offs_k, M, K, stride_xm)
         w = _dequant_tile(qw_ptr, qh_ptr, s_ptr, z_ptr, offs_k, offs_n, K, N, group_size, BITS)
         acc = tl.dot(x, w.to(x.dtype), acc)
     out = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :]
