@@ -132,14 +132,18 @@ class Int8Linear(_Int8Rows):
         super().__init__(out_features, in_features, dtype, device)
         self.in_features, self.out_features = in_features, out_features
 
-    use_native = True  # the C kernel on CPU for decode-sized inputs; set_kernel_backend("reference") turns it off
+    # the C kernel on CPU for decode-sized inputs (int16 activations where built, float32 with
+    # native_exact); set_kernel_backend("reference"/"dense") turns it off, "cpu_exact" makes it exact
+    use_native = True
+    native_exact = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         if self.use_native and x.device.type == "cpu" and rows.shape[0] <= 8 and _native_ok():
             from . import cpu_native
 
-            y = cpu_native.int8_rows(rows.float().contiguous(), self.weight.data, self.weight_scale.data)
+            y = cpu_native.int8_rows(rows.float().contiguous(), self.weight.data, self.weight_scale.data,
+                                     exact=self.native_exact)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
         return reference.int8_rows_linear(x, self.weight, self.weight_scale)
 
@@ -165,6 +169,7 @@ def set_kernel_backend(model: nn.Module, backend: str = "auto") -> dict[str, str
     for m in model.modules():
         if isinstance(m, Int8Linear):
             m.use_native = backend not in ("reference", "dense")
+            m.native_exact = backend == "cpu_exact"
     return chosen
 
 

@@ -9,7 +9,7 @@ from conftest import make_tiny_model
 
 import compresskit
 from compresskit.core.config import QuantConfig
-from compresskit.kernels import backends
+from compresskit.kernels import backends, cpu_native
 from compresskit.kernels.backends import BackendError, LayerSpec, select
 from compresskit.kernels.modules import QuantLinear, set_kernel_backend
 from compresskit.quant import quantize_rtn
@@ -73,7 +73,7 @@ def test_prepared_state_is_dropped_when_weights_or_dtype_change():
     other = random_packed(64, 128, 4, 32, seed=5)
     m.load_state_dict({**other.tensors()})
     assert m._kernel is None
-    assert rel_err(m(x), compresskit.kernels.reference.gptq_linear(x, other)) < 1e-5
+    assert rel_err(m(x), compresskit.kernels.reference.gptq_linear(x, other)) < 1e-4
     assert not torch.allclose(m(x), y)
     m.half()
     assert m._kernel is None and m(x.half()).dtype == torch.float16
@@ -89,10 +89,10 @@ def test_chunked_dequant_matches_reference_across_chunks(monkeypatch):
     assert rel_err(y, compresskit.kernels.reference.gptq_linear(x, packed)) < 1e-6
 
 
-@pytest.mark.parametrize("backend", ["cpu_native", "cpu_int4pack", "dequant", "dense", "triton"])
+@pytest.mark.parametrize("backend", ["cpu_native", "cpu_exact", "cpu_int4pack", "dequant", "dense", "triton"])
 @pytest.mark.parametrize("rows", [1, 12])
 def test_whole_model_logits_match_reference(backend, rows):
-    if backend == "cpu_native" and not NATIVE:
+    if backend.startswith("cpu_") and backend != "cpu_int4pack" and not NATIVE:
         pytest.skip("no C compiler")
     if backend == "triton":
         pytest.importorskip("triton")
@@ -105,7 +105,10 @@ def test_whole_model_logits_match_reference(backend, rows):
         used = set_kernel_backend(model, backend)
         out = model(ids).logits
     assert set(used.values()) == {backend}
-    assert rel_err(out, ref) < 1e-5
+    # decode-sized inputs on CPU: cpu_native's GEMV and the int8 head's C kernel round activations to
+    # int16 (per 128 features) where built with AVX2; cpu_exact keeps both in float32
+    rounded = rows == 1 and NATIVE and cpu_native.has_int16() and backend not in ("cpu_exact", "dense")
+    assert rel_err(out, ref) < (1e-4 if rounded else 1e-5)
 
 
 def test_import_loads_no_kernel():

@@ -8,6 +8,8 @@ from _packed import CASES, ROWS, random_packed, rel_err
 from compresskit.core.quant_math import quantize_rows_int8
 from compresskit.kernels import cpu_native, reference
 
+I16_TOL = 1e-4  # int16 activations: ~3e-5 measured on random inputs
+
 pytestmark = pytest.mark.skipif(cpu_native.unavailable_reason() is not None,
                                 reason=f"no CPU kernels here: {cpu_native.unavailable_reason()}")
 
@@ -21,40 +23,65 @@ def test_gemv_and_chunked_prefill_match_reference(bits, group_size, in_f, out_f)
         x = torch.randn(rows, in_f, generator=g)
         ref = reference.gptq_linear(x, packed)
         if rows <= 17:  # the GEMV itself, into a poisoned buffer: unwritten elements stay NaN
-            out = torch.full((rows, out_f), float("nan"))
-            cpu_native.gemv(x, w, out=out)
-            assert rel_err(out, ref) < 1e-5, rows
-        assert rel_err(cpu_native.matmul(x, w), ref) < 1e-5, rows
+            for exact in (True, False):
+                out = torch.full((rows, out_f), float("nan"))
+                cpu_native.gemv(x, w, out=out, exact=exact)
+                assert rel_err(out, ref) < (1e-5 if exact else I16_TOL), (rows, exact)
+        tol = 1e-5 if rows > cpu_native.GEMV_MAX_ROWS else I16_TOL
+        assert rel_err(cpu_native.matmul(x, w), ref) < tol, rows
+
+
+def test_int16_activation_error_is_the_rounding_bound():
+    """The int16 GEMV equals the float formula on activations rounded per 128-feature chunk: computing
+    that rounding in torch and running the exact kernel on it gives the same numbers."""
+    if not cpu_native.has_int16():
+        pytest.skip("this build has no int16 kernels (not x86 AVX2)")
+    packed = random_packed(96, 576, 4, 64)
+    w = cpu_native.prepare(packed)
+    x = torch.randn(3, 576, generator=torch.Generator().manual_seed(0)) * torch.linspace(0.01, 10, 576)
+    d = x.reshape(3, -1, 64).abs().amax(-1, keepdim=True) / 32767  # groups of 64 <= 128: one chunk each
+    xq = (torch.round(x.reshape(3, -1, 64) * (1 / d)) * d).reshape(3, 576)  # as the C code: times 1/d
+    fast, exact_on_rounded = cpu_native.gemv(x, w), cpu_native.gemv(xq, w, exact=True)
+    assert rel_err(fast, exact_on_rounded) < 2e-6
+    assert 1e-7 < rel_err(fast, reference.gptq_linear(x, packed)) < I16_TOL  # it does round
 
 
 @pytest.mark.parametrize("bits,group_size", [(4, 64), (3, 32), (2, -1), (8, 128)])
 def test_dequant_tiles_is_the_dense_weight(bits, group_size):
-    packed = random_packed(160, 256, bits, group_size)  # 3 tiles of 64 columns, the last one half padding
+    nb = cpu_native.tile_width()
+    assert nb in (16, 32, 64)  # four float vectors of the machine the library was built for
+    out_f = 160  # 3 tiles of 64 (the last one half padding), 5 of 32 or 10 of 16
+    tiles = -(-out_f // nb)
+    packed = random_packed(out_f, 256, bits, group_size)
     w = cpu_native.prepare(packed)
-    assert w.qt.shape[0] == 3 and w.qt.shape[2] == 64
+    assert w.qt.shape[0] == tiles and w.qt.shape[2] == nb == w.tile
     dense = packed.dequantize(torch.float32)
-    out = torch.full((256, 128), float("nan"))
-    cpu_native.dequant_tiles(w, 1, 3, out=out)
-    torch.testing.assert_close(out[:, :96], dense[64:160].t(), rtol=0, atol=1e-7)
-    assert torch.equal(out[:, 96:], torch.zeros(256, 32))  # padding columns have scale 0
+    out = torch.full((256, (tiles - 1) * nb), float("nan"))
+    cpu_native.dequant_tiles(w, 1, tiles, out=out)
+    torch.testing.assert_close(out[:, :out_f - nb], dense[nb:out_f].t(), rtol=0, atol=1e-7)
+    assert torch.equal(out[:, out_f - nb:], torch.zeros(256, tiles * nb - out_f))  # padding columns: scale 0
     with pytest.raises(ValueError, match="outside"):
-        cpu_native.dequant_tiles(w, 2, 4)
+        cpu_native.dequant_tiles(w, tiles - 1, tiles + 1)
 
 
 def test_chunked_prefill_splits_tiles(monkeypatch):
-    monkeypatch.setattr(cpu_native, "CHUNK_ELEMENTS", 64 * 128)  # one 64-column tile per chunk
-    packed = random_packed(160, 128, 4, 32)  # 3 tiles, the last one partial
+    nb = cpu_native.tile_width()
+    monkeypatch.setattr(cpu_native, "CHUNK_ELEMENTS", nb * 128)  # one tile per chunk
+    packed = random_packed(2 * nb + nb // 2, 128, 4, 32)  # 3 tiles, the last one partial
     x = torch.randn(20, 128)
     assert rel_err(cpu_native.matmul(x, cpu_native.prepare(packed)), reference.gptq_linear(x, packed)) < 1e-5
 
 
-def test_int8_rows_matches_reference():
-    table = torch.randn(1000, 96)
+@pytest.mark.parametrize("k", [96, 600])  # 600: several 128-feature chunks and a tail under 16
+def test_int8_rows_matches_reference(k):
+    table = torch.randn(1003, k)  # 1003: a last group of fewer than four rows
     q, scale = quantize_rows_int8(table)
-    x = torch.randn(3, 96)
-    out = torch.full((3, 1000), float("nan"))
-    cpu_native.int8_rows(x, q, scale, out=out)
-    assert rel_err(out, reference.int8_rows_linear(x, q, scale)) < 1e-6
+    x = torch.randn(3, k)
+    ref = reference.int8_rows_linear(x, q, scale)
+    for exact in (True, False):
+        out = torch.full((3, 1003), float("nan"))
+        cpu_native.int8_rows(x, q, scale, out=out, exact=exact)
+        assert rel_err(out, ref) < (1e-6 if exact else I16_TOL), exact
 
 
 def test_bad_inputs_are_refused_with_the_shape():

@@ -10,7 +10,7 @@ from conftest import make_tiny_model
 from compresskit.core.config import QuantConfig
 from compresskit.core.formats import GPTQPacked, Int8Rows
 from compresskit.core.quant_math import compute_qparams, dequantize, quantize, quantize_rows_int8
-from compresskit.kernels import reference
+from compresskit.kernels import backends, reference
 from compresskit.kernels.convert import install_empty_modules, install_int8_embeddings
 from compresskit.kernels.modules import Int8Embedding, Int8Linear, QuantLinear
 from compresskit.quant import quantize_rtn
@@ -37,12 +37,15 @@ def test_quant_linear_forward(bits, group_size, in_f, out_f, with_bias, lead):
     m = QuantLinear.from_packed(packed, bias, dtype=torch.float32)
     x = torch.randn(*lead, in_f, generator=g)
     w_ref = dequantize(q, scale, zero, group_size)  # from the unpacked triple, not via the module
-    y = m(x)
+    y = m(x)  # automatic backend (on CPU: int16-rounded activations for few rows where built)
     assert y.shape == (*lead, out_f) and y.dtype == torch.float32
-    torch.testing.assert_close(y, F.linear(x, w_ref, bias), rtol=1e-5, atol=1e-5)
-    # explicit matmul as a second reference
+    ref = F.linear(x, w_ref, bias)
+    assert float((y - ref).norm() / ref.norm()) < 1e-4
+    m.backend = "cpu_exact" if backends.BACKENDS["cpu_exact"].unavailable() is None else "dequant"
+    # exact kernels: to float rounding; explicit matmul as a second reference
+    torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
     expect = x @ w_ref.t() + (0 if bias is None else bias)
-    torch.testing.assert_close(y, expect, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m(x), expect, rtol=1e-5, atol=1e-5)
     m.backend = "reference"  # the oracle path computes exactly what the reference function does
     torch.testing.assert_close(reference.gptq_linear(x, packed, bias), m(x), rtol=0, atol=0)
 
@@ -124,9 +127,11 @@ def test_int8_embedding_and_linear():
     lin = Int8Linear(16, 40, dtype=torch.float32)
     lin.load_rows(Int8Rows(q, s.float()))
     x = torch.randn(2, 3, 16, generator=g)
-    y = lin(x)
-    assert y.shape == (2, 3, 40)
-    torch.testing.assert_close(y, F.linear(x, deq), rtol=1e-5, atol=1e-6)
+    y = lin(x)  # 6 rows: the C kernel on CPU (int16 activations where built)
+    ref = F.linear(x, deq)
+    assert y.shape == (2, 3, 40) and float((y - ref).norm() / ref.norm()) < 1e-4
+    lin.native_exact = True
+    torch.testing.assert_close(lin(x), ref, rtol=1e-5, atol=1e-6)
     rows = lin.rows()
     assert torch.equal(rows.weight, q) and torch.equal(rows.weight_scale, s.float())
     assert not lin.weight.requires_grad and lin.weight.dtype == torch.int8
