@@ -78,26 +78,33 @@ def _prepared_bytes(model) -> int:
     return total
 
 
-def _decode(model, ids, new_tokens: int, prefill_backend: str | None, decode_backend: str | None):
-    """(prefill seconds, per-token decode seconds list) for one greedy run with a KV cache."""
+def _decode(model, ids, new_tokens: int, prefill_backend: str | None, decode_backend: str | None,
+            cache_kind: str = "dynamic"):
+    """(prefill seconds, per-token decode seconds list) for one greedy run with a KV cache: transformers'
+    default DynamicCache (grows by concatenation: every step copies the whole cache) or a StaticCache
+    preallocated for the prompt plus the new tokens (as a server would)."""
     import torch
+    from transformers import DynamicCache, StaticCache
 
     import compresskit
 
+    n = ids.shape[1]
     with torch.inference_mode():
         if prefill_backend:
             compresskit.set_kernel_backend(model, prefill_backend)
+        cache = (StaticCache(config=model.config, max_cache_len=n + new_tokens + 1) if cache_kind == "static"
+                 else DynamicCache(config=model.config))
         t0 = time.perf_counter()
-        out = model(ids, use_cache=True)
+        out = model(ids, cache=cache, use_cache=True, logits_to_keep=1)  # as generate() does
         prefill = time.perf_counter() - t0
         if decode_backend:
             compresskit.set_kernel_backend(model, decode_backend)
         nxt = out.logits[:, -1:].argmax(-1)
-        cache, steps = out.cache, []
-        for _ in range(new_tokens):
+        steps = []
+        for i in range(new_tokens):
             t0 = time.perf_counter()
-            out = model(nxt, cache=cache)
-            nxt, cache = out.logits[:, -1:].argmax(-1), out.cache
+            out = model(nxt, cache=cache, use_cache=True, cache_position=torch.tensor([n + i]))
+            nxt = out.logits[:, -1:].argmax(-1)
             steps.append(time.perf_counter() - t0)
     return prefill, steps
 
@@ -116,30 +123,65 @@ def cpu_section(args) -> None:
     compresskit.quantize(w4, QuantConfig(wbits=4, group_size=64))
     bf16 = compresskit.load_model(args.model, dtype=torch.bfloat16)[0]
     here = {r["backend"]: r["here"] for r in compresskit.kernel_backends()}
-    # (label, model, prefill backend, decode backend); None = dense model
-    runs = [("fp32 dense", fp32, None, None), ("bf16 dense", bf16, None, None),
-            ("W4 g64 cpu_native (auto)", w4, "auto", "auto"),
-            ("W4 g64 dequant", w4, "dequant", "dequant"),
-            ("W4 g64 cpu_int4pack (decode; prefill cpu_native)", w4, "cpu_native", "cpu_int4pack")]
+    # (label, model, prefill backend, decode backend, caches); None = dense model
+    both = ("dynamic", "static")
+    runs = [("fp32 dense", fp32, None, None, both), ("bf16 dense", bf16, None, None, both),
+            ("W4 g64 cpu_native (auto)", w4, "auto", "auto", both),
+            ("W4 g64 cpu_exact", w4, "cpu_exact", "cpu_exact", both),
+            ("W4 g64 dequant", w4, "dequant", "dequant", ("dynamic",)),
+            ("W4 g64 cpu_int4pack (decode; prefill cpu_native)", w4, "cpu_native", "cpu_int4pack", ("dynamic",))]
     rows = []
     for prompt in args.prompts:
         ids = all_ids[:, :prompt]
-        for label, model, pb, db in runs:
-            if any(b not in (None, "auto") and here[b] != "yes" for b in (pb, db)):
-                continue
-            prefills, steps = [], []
-            for _ in range(args.repeats):
-                p, s = _decode(model, ids, args.new_tokens, pb, db)
-                prefills.append(p)
-                steps += s[1:]  # the first step allocates; leave it out
-            rows.append({"prompt": prompt, "model": label, "prefill_s": statistics.median(prefills),
-                         "decode_tok_s": 1 / statistics.median(steps), "weights_mb": _model_bytes(model) / 1e6,
-                         "prepared_mb": _prepared_bytes(model) / 1e6})
-            print(rows[-1], flush=True)
+        for cache_kind in both:
+            for label, model, pb, db, caches in runs:
+                if cache_kind not in caches or any(b not in (None, "auto") and here[b] != "yes" for b in (pb, db)):
+                    continue
+                prefills, steps = [], []
+                for _ in range(args.repeats):
+                    p, s = _decode(model, ids, args.new_tokens, pb, db, cache_kind)
+                    prefills.append(p)
+                    steps += s[1:]  # the first step allocates; leave it out
+                rows.append({"prompt": prompt, "cache": cache_kind, "model": label,
+                             "prefill_s": statistics.median(prefills), "decode_tok_s": 1 / statistics.median(steps),
+                             "weights_mb": _model_bytes(model) / 1e6, "prepared_mb": _prepared_bytes(model) / 1e6})
+                print(rows[-1], flush=True)
+    acc_rows = [_decode_accuracy(w4, all_ids[:, :args.accuracy_tokens], b)
+                for b in ("dense", "cpu_exact", "cpu_native") if here[b] == "yes"]
     compresskit.set_kernel_backend(w4, "auto")
     layer_rows = _cpu_layers(args)
-    _write("kernels_cpu", _cpu_markdown(rows, layer_rows, args), {"settings": vars(args), "models": rows,
-                                                                   "layers": layer_rows})
+    _write("kernels_cpu", _cpu_markdown(rows, layer_rows, acc_rows, args),
+           {"settings": vars(args), "models": rows, "decode_accuracy": acc_rows, "layers": layer_rows})
+
+
+def _decode_accuracy(model, ids, backend: str) -> dict:
+    """Teacher-forced perplexity of ``ids`` fed one token at a time through the KV cache (every step on
+    the decode path), and how far the logits are from the ``dense`` backend's (exact dequantization)."""
+    import torch
+
+    import compresskit
+
+    compresskit.set_kernel_backend(model, "dense")
+    with torch.inference_mode():
+        ref = _stepwise_logits(model, ids)
+        compresskit.set_kernel_backend(model, backend)
+        got = ref if backend == "dense" else _stepwise_logits(model, ids)
+    nll = torch.nn.functional.cross_entropy(got[:-1], ids[0, 1:])
+    row = {"backend": backend, "tokens": ids.shape[1], "ppl": float(nll.exp()),
+           "max_rel_err": float(((got - ref).norm(dim=-1) / ref.norm(dim=-1)).max()),
+           "argmax_agree": float((got.argmax(-1) == ref.argmax(-1)).float().mean())}
+    print(row, flush=True)
+    return row
+
+
+def _stepwise_logits(model, ids):
+    import torch
+    from transformers import DynamicCache
+
+    cache, out = DynamicCache(config=model.config), []
+    for i in range(ids.shape[1]):
+        out.append(model(ids[:, i:i + 1], cache=cache, use_cache=True).logits[0, -1].float())
+    return torch.stack(out)
 
 
 def _cpu_layers(args) -> list[dict]:
@@ -149,13 +191,13 @@ def _cpu_layers(args) -> list[dict]:
     from compresskit.core.quant_math import compute_qparams, quantize
     from compresskit.kernels import backends
 
+    names = ("cpu_native", "cpu_exact", "cpu_int4pack", "dequant")
     out = []
     for k, n in ((576, 576), (576, 1536), (1536, 576)):
         w = torch.randn(n, k) * 0.05
         s, z = compute_qparams(w, 4, 64, False)
         packed = GPTQPacked.pack(quantize(w, s, z, 4, 64), s, z, 4, 64)
-        states = {b: backends.BACKENDS[b].prepare(packed, torch.device("cpu"), torch.float32)
-                  for b in ("cpu_native", "cpu_int4pack", "dequant")}
+        states = {b: backends.BACKENDS[b].prepare(packed, torch.device("cpu"), torch.float32) for b in names}
         for rows in args.layer_rows:
             x = torch.randn(rows, k)
             row = {"shape": f"{k}x{n}", "rows": rows,
@@ -169,33 +211,40 @@ def _cpu_layers(args) -> list[dict]:
     return out
 
 
-def _cpu_markdown(rows, layer_rows, args) -> str:
+def _cpu_markdown(rows, layer_rows, acc_rows, args) -> str:
     import torch
 
-    fp = {r["prompt"]: r for r in rows if r["model"] == "fp32 dense"}
+    fp = {(r["prompt"], r["cache"]): r for r in rows if r["model"] == "fp32 dense"}
     lines = [f"CPU: {torch.get_num_threads()} threads, torch {torch.__version__}, "
              f"capability {torch.backends.cpu.get_cpu_capability()}; model {args.model}, batch 1, "
              f"{args.new_tokens} greedy tokens after the prompt, median of {args.repeats} runs "
-             "(decode: median step). 'weights' are the model's parameters and buffers (W4: packed "
-             "weights, int8 embeddings/head); 'prepared' the kernels' copies in their own layout, "
-             "held beside them while the model runs (state at the end of the decode).", "",
-             "| prompt | model | weights MB | + prepared MB | prefill s | decode tok/s | decode vs fp32 | prefill vs fp32 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "(decode: median step). 'cache': transformers' DynamicCache (every step concatenates, so "
+             "copies, the whole KV cache) or a StaticCache preallocated for prompt + new tokens. 'weights' "
+             "are the model's parameters and buffers (W4: packed weights, int8 embeddings/head); 'prepared' "
+             "the kernels' copies in their own layout, held beside them while the model runs.", "",
+             "| prompt | cache | model | weights MB | + prepared MB | prefill s | decode tok/s | decode vs fp32 "
+             "| prefill vs fp32 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = fp.get(r["prompt"])
+        base = fp.get((r["prompt"], r["cache"]))
         ratio = f"{r['decode_tok_s'] / base['decode_tok_s']:.2f}x" if base else "-"
         pre = "-" if "prefill cpu_native" in r["model"] else f"{r['prefill_s']:.2f}"
         pre_ratio = "-" if pre == "-" or not base else f"{base['prefill_s'] / r['prefill_s']:.2f}x"
-        lines.append(f"| {r['prompt']} | {r['model']} | {r['weights_mb']:.0f} | {r.get('prepared_mb', 0):.0f} | {pre} | "
-                     f"{r['decode_tok_s']:.1f} | "
-                     f"{ratio} | {pre_ratio} |")
+        lines.append(f"| {r['prompt']} | {r['cache']} | {r['model']} | {r['weights_mb']:.0f} | "
+                     f"{r.get('prepared_mb', 0):.0f} | {pre} | {r['decode_tok_s']:.1f} | {ratio} | {pre_ratio} |")
+    lines += ["", f"Decode-path accuracy (W4 g64): {args.accuracy_tokens} held-out tokens fed one at a time "
+              "through the KV cache, teacher-forced perplexity, and the logits' largest relative distance "
+              "from the `dense` backend's (exact dequantization) and how often their argmax agrees:", "",
+              "| backend | ppl | max rel err vs dense | argmax agrees |", "|---|---|---|---|"]
+    lines += [f"| {r['backend']} | {r['ppl']:.4f} | {r['max_rel_err']:.1e} | {r['argmax_agree']:.1%} |"
+              for r in acc_rows]
     lines += ["", "Per layer (W4 g64, float32 activations), microseconds, median of "
               f"{args.layer_repeats}; weights stay in cache between calls, so the dense numbers are "
               "faster than in a real decode step:", "",
-              "| shape KxN | rows | fp32 dense | cpu_native | cpu_int4pack | dequant |", "|---|---|---|---|---|---|"]
+              "| shape KxN | rows | fp32 dense | cpu_native | cpu_exact | cpu_int4pack | dequant |",
+              "|---|---|---|---|---|---|---|"]
     for r in layer_rows:
-        cells = [f"{r[c]:.0f}" if c in r else "-" for c in ("fp32_us", "cpu_native_us", "cpu_int4pack_us",
-                                                              "dequant_us")]
+        cells = [f"{r[c]:.0f}" if c in r else "-" for c in ("fp32_us", "cpu_native_us", "cpu_exact_us",
+                                                              "cpu_int4pack_us", "dequant_us")]
         lines.append(f"| {r['shape']} | {r['rows']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -298,6 +347,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--layer-rows", default="1,4,8,16,64,512")
     ap.add_argument("--layer-repeats", type=int, default=50)
+    ap.add_argument("--accuracy-tokens", type=int, default=256, help="tokens for the decode-path accuracy table")
     ap.add_argument("--no-cpu", action="store_true", help="skip the CPU section")
     ap.add_argument("--check", action="store_true", help="GPU: native correctness check only")
     ap.add_argument("--gpu-dry-run", action="store_true", help="run the GPU section's code under the interpreter")

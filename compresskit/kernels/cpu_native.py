@@ -33,7 +33,8 @@ SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 GEMV_MAX_ROWS = 8  # above this many rows, dequantize column chunks and use BLAS (measured in bench/kernels.py)
 CHUNK_ELEMENTS = 1 << 22  # at most this many dequantized weights (16 MB fp32) at a time in prefill
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"])
-_COMMON = ["-std=gnu11", "-ffp-contract=fast", "-shared", "-fPIC"]  # fp-contract: fused multiply-adds
+# fp-contract: fused multiply-adds; no-math-errno: lrintf inlines to one instruction
+_COMMON = ["-std=gnu11", "-ffp-contract=fast", "-fno-math-errno", "-shared", "-fPIC"]
 
 
 class NativeUnavailable(RuntimeError):
@@ -131,6 +132,7 @@ class NativeWeights:
     in_features: int
     out_features: int
     args: tuple | None = None  # the layer's own C arguments, bound on first use
+    fns: tuple = ()  # (fast, exact) C functions, bound with args
 
     @property
     def tile(self) -> int:
@@ -184,13 +186,15 @@ def gemv(x: torch.Tensor, w: NativeWeights, out: torch.Tensor | None = None, exa
 
 
 def _gemv(x: torch.Tensor, w: NativeWeights, y: torch.Tensor, exact: bool = False) -> None:
-    """`gemv` on checked tensors: the per-token hot path, a few microseconds of Python."""
-    lib = library()
-    fn = lib.ck_gemv if exact or not lib.ck_has_i16() else lib.ck_gemv_i16
+    """`gemv` on checked tensors (contiguous float32, any leading shape): the per-token hot path, a few
+    microseconds of Python."""
     if w.args is None:
+        lib = library()
         w.args = (w.qt.data_ptr(), w.bits, w.st.data_ptr(), w.zt.data_ptr(), w.st.shape[1], w.group_size,
                   w.in_features, w.out_features)
-    _raise_for(fn(*w.args, x.data_ptr(), x.shape[0], y.data_ptr(), torch.get_num_threads()), w)
+        w.fns = (lib.ck_gemv_i16 if lib.ck_has_i16() else lib.ck_gemv, lib.ck_gemv)
+    rows = x.numel() // w.in_features
+    _raise_for(w.fns[exact](*w.args, x.data_ptr(), rows, y.data_ptr(), torch.get_num_threads()), w)
 
 
 def linear(x: torch.Tensor, w: NativeWeights, exact: bool = False) -> torch.Tensor:
@@ -198,16 +202,13 @@ def linear(x: torch.Tensor, w: NativeWeights, exact: bool = False) -> torch.Tens
     the backend calls on every forward (no re-checks of the prepared weights)."""
     if x.shape[-1] != w.in_features:
         raise ValueError(f"input has {x.shape[-1]} features, the layer expects {w.in_features}")
-    rows = x.reshape(-1, w.in_features)
-    if rows.dtype != torch.float32 or not rows.is_contiguous():
-        rows = rows.float().contiguous()
-    if rows.shape[0] <= GEMV_MAX_ROWS:
-        y = torch.empty(rows.shape[0], w.out_features)
-        _gemv(rows, w, y, exact)
+    x32 = x if x.dtype == torch.float32 and x.is_contiguous() else x.float().contiguous()
+    if x32.numel() <= GEMV_MAX_ROWS * w.in_features:
+        y = torch.empty(x.shape[:-1] + (w.out_features,))
+        _gemv(x32, w, y, exact)
     else:
-        y = matmul(rows, w)
-    y = y.view(*x.shape[:-1], w.out_features)
-    return y if y.dtype == x.dtype else y.to(x.dtype)
+        y = matmul(x32.reshape(-1, w.in_features), w).view(x.shape[:-1] + (w.out_features,))
+    return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
 def _raise_for(rc: int, w: NativeWeights) -> None:

@@ -238,6 +238,11 @@ void ck_int8_rows(const float *x, int64_t M, int64_t K, const int8_t *w, const f
 
 int ck_has_i16(void) { return 1; }
 
+static inline float absmax(float a, float x) { return (x > a) ? x : (-x > a) ? -x : a; }
+
+/* round to nearest (ties to even, as lrintf; inlined with -fno-math-errno), clamped to +-32767 */
+static inline int16_t to_i16(float v) { return (int16_t)lrintf(v > 32767.f ? 32767.f : v < -32767.f ? -32767.f : v); }
+
 /* per row: pairs [K / 2] int32 (two int16), chunk scales d [G * cpg], group sums xs [G] */
 static void quantize_rows(const float *x, int64_t M, int64_t K, int bits, int64_t G, int64_t gs, int64_t cpg,
                           int32_t *pairs, float *d, float *xs)
@@ -252,12 +257,12 @@ static void quantize_rows(const float *x, int64_t M, int64_t K, int bits, int64_
             for (int64_t c = 0; c < cpg; c++) {
                 const int64_t c0 = k0 + c * CH, c1 = (c0 + CH < k1) ? c0 + CH : k1;
                 float amax = 0.f;
-                for (int64_t k = c0; k < c1; k++) amax = fmaxf(amax, fabsf(xm[k]));
+                for (int64_t k = c0; k < c1; k++) amax = absmax(amax, xm[k]);
                 const float dc = amax > 0.f ? amax / 32767.f : 1.f, inv = 1.f / dc;
                 int64_t isum = 0;
                 for (int64_t kw = c0 / vpw; kw < c1 / vpw; kw++) /* chunks start and end on words */
                     for (int i = 0; i < vpw; i++) { /* value i of word kw -> its pair slot */
-                        const int16_t v = (int16_t)lrintf(fminf(fmaxf(xm[kw * vpw + i] * inv, -32767.f), 32767.f));
+                        const int16_t v = to_i16(xm[kw * vpw + i] * inv);
                         q[2 * (kw * half + (i & (half - 1))) + (i >= half)] = v;
                         isum += v;
                     }
@@ -382,10 +387,10 @@ int ck_int8_rows_i16(const float *x, int64_t M, int64_t K, const int8_t *w, cons
         for (int64_t c = 0; c < nch; c++) {
             const int64_t c0 = c * CH, c1 = (c0 + CH < K) ? c0 + CH : K;
             float amax = 0.f;
-            for (int64_t k = c0; k < c1; k++) amax = fmaxf(amax, fabsf(x[m * K + k]));
+            for (int64_t k = c0; k < c1; k++) amax = absmax(amax, x[m * K + k]);
             const float dc = amax > 0.f ? amax / 32767.f : 1.f, inv = 1.f / dc;
             for (int64_t k = c0; k < c1; k++)
-                xq[m * K + k] = (int16_t)lrintf(fminf(fmaxf(x[m * K + k] * inv, -32767.f), 32767.f));
+                xq[m * K + k] = to_i16(x[m * K + k] * inv);
             d[m * nch + c] = dc;
         }
     const int64_t quads = (N + 3) / 4;
