@@ -159,6 +159,69 @@ def quantize(
         console.print(f"gate: {escape(comparison.summary())}" + (" (saved with --force)" if not comparison.passed else ""))
 
 
+PRUNE_TASKS = "ppl,passkey,niah_single_1"
+
+
+@app.command()
+def prune(
+    model: str = typer.Argument(..., help="embedded model name (smollm2-135m), local directory, or hub id"),
+    output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
+    mlp: float = typer.Option(0.0, help="fraction of MLP channels to remove, in [0, 1)"),
+    heads: float = typer.Option(0.0, help="fraction of attention heads to remove (uniform per KV group), in [0, 1)"),
+    layers: int = typer.Option(0, help="number of decoder layers to remove (lowest block influence)"),
+    kv_groups: bool = typer.Option(False, "--kv-groups", help="--heads removes whole KV groups instead of query heads"),
+    protect_retrieval: bool = typer.Option(True, "--protect-retrieval/--no-protect-retrieval",
+                                           help="score heads on needle copying and keep the top retrieval heads"),
+    protect_fraction: float = typer.Option(0.05, help="share of all heads protected as retrieval heads"),
+    retrieval_length: int = typer.Option(2048, help="length of the passkey prompts that score retrieval heads"),
+    retrieval_samples: int = typer.Option(8, help="passkey prompts that score retrieval heads"),
+    calib: str = typer.Option("builtin", help="builtin | file:PATH[#field] | generated | hf:NAME[:CONFIG][:SPLIT]"),
+    nsamples: int = typer.Option(32, help="calibration samples for the activation importance"),
+    seqlen: int = typer.Option(2048, help="calibration sequence length (up to the model's context)"),
+    seed: int = typer.Option(0, help="random seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
+    tasks: str = typer.Option(PRUNE_TASKS, "--eval", help="evaluation tasks before and after: " + TASKS_HELP),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip the evaluation"),
+    lengths: str = typer.Option("1024,2048", help="evaluation lengths in tokens, comma-separated"),
+    ppl_windows: int = typer.Option(4, help="perplexity windows per length"),
+    passkey_trials: int = typer.Option(5, help="passkey trials (depths) per length"),
+    samples: int = typer.Option(5, help="prompts per RULER task and length"),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the parent's scores computed before"),
+) -> None:
+    """Remove MLP channels, attention heads and layers from MODEL (keeping its retrieval heads), print a
+    before/after table, and save a plain float checkpoint that stock transformers loads."""
+    from compresskit import api
+
+    config = _run(lambda: api.make_prune_config(
+        mlp=mlp, heads=heads, layers=layers, head_unit="group" if kv_groups else "query",
+        protect_retrieval=protect_retrieval, protect_fraction=protect_fraction, retrieval_length=retrieval_length,
+        retrieval_samples=retrieval_samples, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed))
+    _run(lambda: api.check_output(output, overwrite))
+    with status(f"loading {model}"):
+        m, tok = _run(lambda: api.load_model(model))
+        before_bytes = api.checkpoint_bytes(model)
+    shape = _run(lambda: api.prune_plan(m, config))  # a bad ratio fails before the evaluation
+    params_before = api.parameter_count(m)
+    opts = _eval_opts(tasks, lengths, ppl_windows, passkey_trials, samples, seed, None, None, cache)
+    before = None if no_eval else _run(lambda: _evaluate(api, m, tok, "original", opts))
+    t0 = time.perf_counter()
+    with progress_bar(f"pruning {config.name}", api.prune_units(m, config)) as advance:
+        record = _run(lambda: api.prune(m, config, tokenizer=tok, progress=lambda message, n=1: advance(n, message)))
+    prune_seconds = time.perf_counter() - t0
+    after = None if no_eval else _run(lambda: _evaluate(api, m, tok, "pruned", opts))
+    with status(f"saving {output}"):
+        _run(lambda: api.save(m, tok, output, overwrite=overwrite,
+                              evaluation=None if no_eval else {"before": before, "after": after}))
+    title = (f"{model} -> {output} ({config.name}: {shape['keep_layers']} layers, {shape['keep_heads']} heads / "
+             f"{shape['keep_groups']} KV, MLP {shape['keep_intermediate']}; pruned in {prune_seconds:.1f}s)")
+    console.print(comparison_table(title, before_bytes, api.checkpoint_bytes(output), before, after,
+                                   params=(params_before, record["params_after"])))
+    retrieval = record.get("retrieval")
+    if retrieval is not None:
+        console.print(f"retrieval heads protected: {len(retrieval['protected'])} (layer, head) "
+                      f"{escape(str(retrieval['protected']))}; all kept: {retrieval['protected_kept']}")
+
+
 @app.command("eval")
 def eval_cmd(
     path: str = typer.Argument(..., help="model to evaluate (embedded name, directory, or hub id)"),

@@ -42,14 +42,18 @@ def fmt_score(row: Any) -> str:
     return f"{row.score:.3f}" if row.metric == "ppl" else f"{row.score:.0f}%"
 
 
-def comparison_table(title: str, before_bytes: int, after_bytes: int | None, before: Any, after: Any) -> Table:
-    """size + every (task, length) row of two eval reports, with the change."""
+def comparison_table(title: str, before_bytes: int, after_bytes: int | None, before: Any, after: Any,
+                     params: tuple[int, int] | None = None) -> Table:
+    """size (and parameters, when given) + every (task, length) row of two eval reports, with the change."""
     table = Table(title=escape(title))
     for col in ("metric", "before", "after", "change"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     if after_bytes is not None:
         ratio = after_bytes / before_bytes if before_bytes else float("nan")
         table.add_row("size (MB)", f"{before_bytes / 1e6:.1f}", f"{after_bytes / 1e6:.1f}", f"{ratio:.1%} of original")
+    if params is not None:
+        table.add_row("parameters (M)", f"{params[0] / 1e6:.2f}", f"{params[1] / 1e6:.2f}",
+                      f"{params[1] / params[0]:.1%} of original")
     rows = (after or before).rows if (after or before) is not None else []
     for row in rows:
         b = before.get(row.task, row.length) if before is not None else None
@@ -94,6 +98,15 @@ def info_table(info: dict[str, Any]) -> Table:
     for key in ("model_type", "layers", "hidden_size", "dtype"):
         table.add_row(key, str(info.get(key)))
     table.add_row("weights (MB)", f"{info['weights_bytes'] / 1e6:.1f}")
+    pruning = info.get("pruning")
+    if pruning:
+        plan, recipe = pruning.get("plan", {}), pruning.get("recipe", {})
+        table.add_row("pruning", escape(
+            f"mlp {recipe.get('mlp')}, heads {recipe.get('heads')} ({recipe.get('head_unit')}), layers "
+            f"{recipe.get('layers')}, retrieval protection {'on' if recipe.get('protect_retrieval') else 'off'}: "
+            f"{plan.get('keep_layers')} layers, {plan.get('keep_heads')}/{plan.get('keep_groups')} heads, MLP "
+            f"{plan.get('keep_intermediate')}; {pruning.get('params_before', 0) / 1e6:.1f}M -> "
+            f"{pruning.get('params_after', 0) / 1e6:.1f}M parameters"))
     q = info.get("quantization")
     if q is None:
         table.add_row("quantization", "none" if not info.get("foreign_quantization") else

@@ -20,6 +20,7 @@ ALLOWED = {
     "calib": {"core"},
     "models": {"core"},
     "integrations": {"core", "kernels"},
+    "prune": {"core"},
     "cli": {"api", "__init__"},
 }
 ROOM_DIRS = {room: ROOT / "compresskit" / room for room in ALLOWED} | {"cli": ROOT / "cli", "calib": ROOT / "calib"}

@@ -84,8 +84,10 @@ def save_native(
     overwrite: bool = False,
     storage_dtype: torch.dtype = torch.bfloat16,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    sidecars: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` (quantized when ``manifest`` is given) to ``path`` atomically."""
+    """Write ``model`` (quantized when ``manifest`` is given) to ``path`` atomically; ``sidecars`` maps
+    file names to JSON-able objects written beside config.json (e.g. ``pruning.json``)."""
     with atomic_output_dir(path, overwrite=overwrite) as tmp:
         files = write_safetensors(storage_state_dict(model, storage_dtype), tmp, max_shard_bytes)
         config = model.config.to_dict()
@@ -100,4 +102,6 @@ def save_native(
             gen.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        for name, data in (sidecars or {}).items():
+            (tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return Path(path)

@@ -232,9 +232,8 @@ void ck_int8_rows(const float *x, int64_t M, int64_t K, const int8_t *w, const f
 #if defined(__AVX2__)
 #include <immintrin.h>
 #define CH 128
-#ifndef PF
+#define HPF 2 /* quads of head rows prefetched ahead */
 #define PF 32 /* word rows (of NB words) prefetched ahead: ~4 KB, measured best of 0/4/8/16/32 */
-#endif
 
 int ck_has_i16(void) { return 1; }
 
@@ -399,6 +398,8 @@ int ck_int8_rows_i16(const float *x, int64_t M, int64_t K, const int8_t *w, cons
         const int64_t n = 4 * t, rows = (N - n) < 4 ? (N - n) : 4;
         const int8_t *wr[4];
         for (int j = 0; j < 4; j++) wr[j] = w + (n + (j < rows ? j : 0)) * K; /* a short quad repeats row n */
+        if (n + 4 * HPF + 4 <= N) /* the quad HPF ahead: measured 5.4 -> 2.4 ms for SmolLM2's head */
+            for (int64_t b = 0; b < 4 * K; b += 64) _mm_prefetch((const char *)(w + (n + 4 * HPF) * K + b), _MM_HINT_T0);
         for (int64_t m = 0; m < M; m++) {
             const int16_t *xm = xq + m * K;
             __m256 fa[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};

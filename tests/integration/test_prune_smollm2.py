@@ -1,0 +1,31 @@
+"""Pruning the real embedded model (SmolLM2-135M: 30 layers, 9 query / 3 KV heads, MLP 1536), kept short."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import compresskit
+from compresskit import api
+
+pytestmark = pytest.mark.integration
+
+
+def test_one_third_of_the_heads_with_protection_saves_a_plain_llama(tmp_path):
+    model, tok = compresskit.load_model("smollm2-135m")
+    before = api.parameter_count(model)
+    record = compresskit.prune_model(model, heads=0.33, mlp=0.25, nsamples=1, seqlen=512, retrieval_length=512,
+                                     retrieval_samples=1, tokenizer=tok)
+    assert (model.config.num_attention_heads, model.config.num_key_value_heads, model.config.head_dim) == (6, 3, 64)
+    assert model.config.intermediate_size == 1152
+    assert record["retrieval"]["protected_kept"] and len(record["retrieval"]["protected"]) == 14
+    assert api.parameter_count(model) == record["params_after"] < 0.85 * before
+    out = api.save(model, tok, tmp_path / "p")
+    cfg = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["head_dim"] == 64
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        assert torch.isfinite(reloaded(ids).logits).all()
