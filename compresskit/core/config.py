@@ -16,12 +16,23 @@ SUPPORTED_EMBED_BITS = (8, 16)
 CONFIG_VERSION = 1
 
 
+class JsonConfig:
+    """JSON round-trip for config dataclasses that define ``to_dict`` / ``from_dict``."""
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str):
+        return cls.from_dict(json.loads(s))
+
+
 class ConfigError(ValueError):
     """A configuration value is out of range; the message says which value and what is accepted."""
 
 
 @dataclass(frozen=True)
-class QuantConfig:
+class QuantConfig(JsonConfig):
     """What to quantize and how.
 
     - ``wbits``: weight bits, one of 2, 3, 4, 8.
@@ -103,12 +114,6 @@ class QuantConfig:
         d["skip"] = tuple(d.get("skip", ()))
         return cls(**d)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> "QuantConfig":
-        return cls.from_dict(json.loads(s))
 
 
 @dataclass(frozen=True)

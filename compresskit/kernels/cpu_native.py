@@ -194,7 +194,7 @@ def _gemv(x: torch.Tensor, w: NativeWeights, y: torch.Tensor, exact: bool = Fals
                   w.in_features, w.out_features)
         w.fns = (lib.ck_gemv_i16 if lib.ck_has_i16() else lib.ck_gemv, lib.ck_gemv)
     rows = x.numel() // w.in_features
-    _raise_for(w.fns[exact](*w.args, x.data_ptr(), rows, y.data_ptr(), torch.get_num_threads()), w)
+    _raise_for(w.fns[exact](*w.args, x.data_ptr(), rows, y.data_ptr(), _threads()), w)
 
 
 def linear(x: torch.Tensor, w: NativeWeights, exact: bool = False) -> torch.Tensor:
@@ -207,7 +207,7 @@ def linear(x: torch.Tensor, w: NativeWeights, exact: bool = False) -> torch.Tens
         y = torch.empty(x.shape[:-1] + (w.out_features,))
         _gemv(x32, w, y, exact)
     else:
-        y = matmul(x32.reshape(-1, w.in_features), w).view(x.shape[:-1] + (w.out_features,))
+        y = _prefill(x32.reshape(-1, w.in_features), w).view(x.shape[:-1] + (w.out_features,))
     return y if x.dtype == torch.float32 else y.to(x.dtype)
 
 
@@ -235,8 +235,11 @@ def dequant_tiles(w: NativeWeights, t0: int, t1: int, out: torch.Tensor | None =
 
 def matmul(x: torch.Tensor, w: NativeWeights) -> torch.Tensor:
     """``x [M, K] float32 @ dequant(W).T``: the GEMV for few rows, dequantized tiles + BLAS otherwise."""
-    if x.shape[0] <= GEMV_MAX_ROWS:
-        return gemv(x, w)
+    return gemv(x, w) if x.shape[0] <= GEMV_MAX_ROWS else _prefill(x, w)
+
+
+def _prefill(x: torch.Tensor, w: NativeWeights) -> torch.Tensor:
+    """Many rows: dequantize bounded chunks of tiles (exact) and hand them to torch's BLAS."""
     tiles = w.qt.shape[0]
     step = max(1, CHUNK_ELEMENTS // (w.in_features * w.tile))
     if step >= tiles:

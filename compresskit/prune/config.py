@@ -3,19 +3,18 @@ model's shape (`plan`), which turns ratios into exact counts or names the neares
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..core.config import ConfigError
+from ..core.config import ConfigError, JsonConfig
 
 PRUNE_CONFIG_VERSION = 1
 HEAD_UNITS = ("query", "group")
 
 
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(JsonConfig):
     """What to remove and how to score it.
 
     - ``mlp``: fraction of MLP intermediate channels to remove, in [0, 1).
@@ -94,12 +93,6 @@ class PruneConfig:
                               f"understands ({PRUNE_CONFIG_VERSION}); upgrade compresskit")
         return cls(**d)
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, s: str) -> "PruneConfig":
-        return cls.from_dict(json.loads(s))
 
 
 @dataclass(frozen=True)
