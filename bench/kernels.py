@@ -123,28 +123,38 @@ def cpu_section(args) -> None:
     compresskit.quantize(w4, QuantConfig(wbits=4, group_size=64))
     bf16 = compresskit.load_model(args.model, dtype=torch.bfloat16)[0]
     here = {r["backend"]: r["here"] for r in compresskit.kernel_backends()}
-    # (label, model, prefill backend, decode backend, caches); None = dense model
+    # (label, model, prefill backend, decode backend, caches); None = dense model. The main runs take
+    # turns within every repeat (fp32, bf16, W4, W4, then the next repeat), so drift on a shared machine
+    # reaches each of them alike; the slow reference backends run once, with fewer tokens.
     both = ("dynamic", "static")
-    runs = [("fp32 dense", fp32, None, None, both), ("bf16 dense", bf16, None, None, both),
-            ("W4 g64 cpu_native (auto)", w4, "auto", "auto", both),
-            ("W4 g64 cpu_exact", w4, "cpu_exact", "cpu_exact", both),
-            ("W4 g64 dequant", w4, "dequant", "dequant", ("dynamic",)),
-            ("W4 g64 cpu_int4pack (decode; prefill cpu_native)", w4, "cpu_native", "cpu_int4pack", ("dynamic",))]
+    main_runs = [("fp32 dense", fp32, None, None, both), ("bf16 dense", bf16, None, None, both),
+                 ("W4 g64 cpu_native (auto)", w4, "auto", "auto", both),
+                 ("W4 g64 cpu_exact", w4, "cpu_exact", "cpu_exact", both)]
+    slow_runs = [("W4 g64 dequant", w4, "dequant", "dequant", ("dynamic",)),
+                 ("W4 g64 cpu_int4pack (decode; prefill cpu_native)", w4, "cpu_native", "cpu_int4pack", ("dynamic",))]
+
+    def usable(run, cache_kind):
+        return cache_kind in run[4] and all(b in (None, "auto") or here[b] == "yes" for b in run[2:4])
+
     rows = []
     for prompt in args.prompts:
         ids = all_ids[:, :prompt]
         for cache_kind in both:
-            for label, model, pb, db, caches in runs:
-                if cache_kind not in caches or any(b not in (None, "auto") and here[b] != "yes" for b in (pb, db)):
-                    continue
-                prefills, steps = [], []
-                for _ in range(args.repeats):
+            runs = [r for r in main_runs if usable(r, cache_kind)]
+            prefills = {r[0]: [] for r in runs}
+            steps = {r[0]: [] for r in runs}  # per repeat: that run's median step
+            for _ in range(args.repeats):
+                for label, model, pb, db, _c in runs:
                     p, s = _decode(model, ids, args.new_tokens, pb, db, cache_kind)
-                    prefills.append(p)
-                    steps += s[1:]  # the first step allocates; leave it out
-                rows.append({"prompt": prompt, "cache": cache_kind, "model": label,
-                             "prefill_s": statistics.median(prefills), "decode_tok_s": 1 / statistics.median(steps),
-                             "weights_mb": _model_bytes(model) / 1e6, "prepared_mb": _prepared_bytes(model) / 1e6})
+                    prefills[label].append(p)
+                    steps[label].append(statistics.median(s[1:]))  # the first step allocates; leave it out
+            for label, model, _pb, _db, _c in runs:
+                rows.append(_decode_row(prompt, cache_kind, label, model, prefills[label], steps[label],
+                                        steps.get("fp32 dense")))
+                print(rows[-1], flush=True)
+            for label, model, pb, db, _c in (r for r in slow_runs if usable(r, cache_kind)):
+                p, s = _decode(model, ids, args.slow_tokens, pb, db, cache_kind)
+                rows.append(_decode_row(prompt, cache_kind, label, model, [p], [statistics.median(s[1:])], None))
                 print(rows[-1], flush=True)
     acc_rows = [_decode_accuracy(w4, all_ids[:, :args.accuracy_tokens], b)
                 for b in ("dense", "cpu_exact", "cpu_native") if here[b] == "yes"]
@@ -152,6 +162,18 @@ def cpu_section(args) -> None:
     layer_rows = _cpu_layers(args)
     _write("kernels_cpu", _cpu_markdown(rows, layer_rows, acc_rows, args),
            {"settings": vars(args), "models": rows, "decode_accuracy": acc_rows, "layers": layer_rows})
+
+
+def _decode_row(prompt, cache_kind, label, model, prefills, steps, fp_steps) -> dict:
+    """One table row: medians over repeats, and (``fp_steps`` given) the median over repeats of this
+    run's speed against the fp32 run of the same repeat (paired, so slow spells of the machine cancel)."""
+    row = {"prompt": prompt, "cache": cache_kind, "model": label, "repeats": len(steps),
+           "prefill_s": statistics.median(prefills), "decode_tok_s": 1 / statistics.median(steps),
+           "weights_mb": _model_bytes(model) / 1e6, "prepared_mb": _prepared_bytes(model) / 1e6}
+    if fp_steps:
+        ratios = [f / s for f, s in zip(fp_steps, steps)]
+        row.update(decode_vs_fp32_paired=statistics.median(ratios), decode_vs_fp32_range=[min(ratios), max(ratios)])
+    return row
 
 
 def _decode_accuracy(model, ids, backend: str) -> dict:
@@ -217,20 +239,25 @@ def _cpu_markdown(rows, layer_rows, acc_rows, args) -> str:
     fp = {(r["prompt"], r["cache"]): r for r in rows if r["model"] == "fp32 dense"}
     lines = [f"CPU: {torch.get_num_threads()} threads, torch {torch.__version__}, "
              f"capability {torch.backends.cpu.get_cpu_capability()}; model {args.model}, batch 1, "
-             f"{args.new_tokens} greedy tokens after the prompt, median of {args.repeats} runs "
-             "(decode: median step). 'cache': transformers' DynamicCache (every step concatenates, so "
+             f"{args.new_tokens} greedy tokens after the prompt; {args.repeats} repeats in which the "
+             "models take turns (decode: median over repeats of each run's median step; 'paired': median "
+             "over repeats of fp32's step time / this model's in the same repeat, with its range); the "
+             f"slow reference backends ran once with {args.slow_tokens} tokens. 'cache': transformers' DynamicCache (every step concatenates, so "
              "copies, the whole KV cache) or a StaticCache preallocated for prompt + new tokens. 'weights' "
              "are the model's parameters and buffers (W4: packed weights, int8 embeddings/head); 'prepared' "
              "the kernels' copies in their own layout, held beside them while the model runs.", "",
              "| prompt | cache | model | weights MB | + prepared MB | prefill s | decode tok/s | decode vs fp32 "
-             "| prefill vs fp32 |", "|---|---|---|---|---|---|---|---|---|"]
+             "| paired (range) | prefill vs fp32 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         base = fp.get((r["prompt"], r["cache"]))
         ratio = f"{r['decode_tok_s'] / base['decode_tok_s']:.2f}x" if base else "-"
         pre = "-" if "prefill cpu_native" in r["model"] else f"{r['prefill_s']:.2f}"
         pre_ratio = "-" if pre == "-" or not base else f"{base['prefill_s'] / r['prefill_s']:.2f}x"
+        paired = (f"{r['decode_vs_fp32_paired']:.2f}x ({r['decode_vs_fp32_range'][0]:.2f}-"
+                  f"{r['decode_vs_fp32_range'][1]:.2f})" if "decode_vs_fp32_paired" in r else "-")
         lines.append(f"| {r['prompt']} | {r['cache']} | {r['model']} | {r['weights_mb']:.0f} | "
-                     f"{r.get('prepared_mb', 0):.0f} | {pre} | {r['decode_tok_s']:.1f} | {ratio} | {pre_ratio} |")
+                     f"{r.get('prepared_mb', 0):.0f} | {pre} | {r['decode_tok_s']:.1f} | {ratio} | {paired} | "
+                     f"{pre_ratio} |")
     lines += ["", f"Decode-path accuracy (W4 g64): {args.accuracy_tokens} held-out tokens fed one at a time "
               "through the KV cache, teacher-forced perplexity, and the logits' largest relative distance "
               "from the `dense` backend's (exact dequantization) and how often their argmax agrees:", "",
@@ -343,8 +370,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--prompts", default="512,2048")
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--new-tokens", type=int, default=48)
+    ap.add_argument("--repeats", type=int, default=5, help="decode runs per model, taking turns")
+    ap.add_argument("--slow-tokens", type=int, default=8, help="tokens for the slow reference backends (one run)")
     ap.add_argument("--layer-rows", default="1,4,8,16,64,512")
     ap.add_argument("--layer-repeats", type=int, default=50)
     ap.add_argument("--accuracy-tokens", type=int, default=256, help="tokens for the decode-path accuracy table")
