@@ -7,7 +7,8 @@
 The unpruned model is scored once through the API (activation importance on ``nsamples x seqlen``
 shipped calibration tokens; retrieval heads on ``retrieval_samples`` passkey prompts of
 ``retrieval_length`` tokens, seeded apart from the evaluation's keys); each setting then prunes a
-copy with those scores (``noprotect`` ignores the retrieval scores), saves it, reloads the directory
+copy with those scores (``noprotect`` ignores the retrieval scores; ``attention`` protects by attention
+mass instead of the default answer-loss score), saves it, reloads the directory
 in a fresh interpreter with plain transformers (no compresskit import) and compares logits, evaluates
 perplexity and passkey, and times a prefill of ``prefill_tokens`` tokens.
 Writes bench/results/prune.{json,md}.
@@ -28,10 +29,12 @@ SETTINGS = {  # name -> PruneConfig fields
     "mlp25": dict(mlp=0.25),
     "heads33": dict(heads=0.33),
     "heads33-noprotect": dict(heads=0.33, protect_retrieval=False),
+    "heads33-attention": dict(heads=0.33, retrieval_score="attention"),
     "heads67": dict(heads=0.67),
     "heads67-noprotect": dict(heads=0.67, protect_retrieval=False),
     "layers4": dict(layers=4),
     "layers4-noprotect": dict(layers=4, protect_retrieval=False),
+    "layers4-attention": dict(layers=4, retrieval_score="attention"),
     "mlp25-heads33": dict(mlp=0.25, heads=0.33),
 }
 
@@ -97,19 +100,27 @@ def run_all(args: argparse.Namespace) -> list[dict]:
 
     import compresskit
     from compresskit import api
+    from compresskit.core.arch import get_arch
+    from compresskit.prune import head_retrieval_scores
 
     original, tok = compresskit.load_model(args.model)
     text_ids = tok(api.heldout_text()[:200000], return_tensors="pt")["input_ids"][:, : args.prefill_tokens]
     common = dict(nsamples=args.nsamples, seqlen=args.seqlen, retrieval_samples=args.retrieval_samples,
                   retrieval_length=args.retrieval_length, seed=args.seed)
     t0 = time.perf_counter()
-    scores = api.prune_scores(original, api.make_prune_config(**common), tokenizer=tok)
+    importance = api.prune_scores(original, api.make_prune_config(**common, protect_retrieval=False),
+                                  tokenizer=tok)["importance"]
+    configs = {name: api.make_prune_config(**SETTINGS[name], **common) for name in args.settings.split(",")}
+    probes = api.retrieval_probes(original, tok, api.make_prune_config(**common))
+    retrieval = {m: head_retrieval_scores(original, get_arch(original), probes, m)
+                 for m in sorted({c.retrieval_score for c in configs.values() if c.needs_retrieval})}
     score_s = time.perf_counter() - t0
     print(f"scored in {score_s:.0f}s", flush=True)
     rows = []
     for name in args.settings.split(","):
         model = copy.deepcopy(original)
-        config = api.make_prune_config(**SETTINGS[name], **common)
+        config = configs[name]
+        scores = {"importance": importance, "retrieval": retrieval.get(config.retrieval_score)}
         t0 = time.perf_counter()
         record = api.prune(model, config, tokenizer=tok, scores=scores)
         row: dict = {"setting": name, "recipe": config.to_dict(), "params": api.parameter_count(model),
@@ -272,7 +283,8 @@ def _write(rows: list[dict], args, final: bool = False) -> None:
     settings = (f"CPU, {rows[0].get('threads', '?') if rows else '?'} torch thread(s); importance on "
                 f"{args.nsamples} x {args.seqlen} tokens of the shipped calibration split; retrieval heads on "
                 f"{args.retrieval_samples} passkey prompts of {args.retrieval_length} tokens (5% of heads protected "
-                f"unless `noprotect`); perplexity over {args.ppl_windows} held-out windows per length; passkey "
+                f"unless `noprotect`, scored by the answer's loss (head-mask gradients) unless `attention`, the "
+                f"attention mass on the copied needle token); perplexity over {args.ppl_windows} held-out windows per length; passkey "
                 f"{args.passkey_trials} trials per length; prefill = median of 3 forwards of {args.prefill_tokens} "
                 "tokens, fp32, sdpa; shape = layers, query/KV heads, MLP width; no recovery training.")
     md = settings + "\n\n" + "\n".join(lines) + "\n"

@@ -7,7 +7,9 @@ from .apply import count_parameters
 from .config import PRUNE_CONFIG_VERSION, PruneConfig, PrunePlan, plan
 from .importance import Importance, collect_importance
 from .pipeline import progress_units, prune_in_place
-from .retrieval import RetrievalProbe, probe_from_answer, retrieval_scores
+from .retrieval import (RetrievalProbe, answer_loss_scores, head_retrieval_scores, probe_from_answer,
+                        retrieval_scores)
 
-__all__ = ["PRUNE_CONFIG_VERSION", "Importance", "PruneConfig", "PrunePlan", "RetrievalProbe", "collect_importance",
+__all__ = ["PRUNE_CONFIG_VERSION", "Importance", "PruneConfig", "PrunePlan", "RetrievalProbe", "answer_loss_scores",
+           "collect_importance", "head_retrieval_scores",
            "count_parameters", "plan", "probe_from_answer", "progress_units", "prune_in_place", "retrieval_scores"]

@@ -4,13 +4,14 @@ model's shape (`plan`), which turns ratios into exact counts or names the neares
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.config import ConfigError, JsonConfig
 
 PRUNE_CONFIG_VERSION = 1
 HEAD_UNITS = ("query", "group")
+RETRIEVAL_SCORES = ("attention", "answer_loss")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,10 @@ class PruneConfig(JsonConfig):
     - ``protect_fraction``: the share of all query heads (rounded up, at least one) that is protected;
       the default 0.05 follows Wu et al. (retrieval heads are under 5% of heads): 14 of SmolLM2-135M's
       270. Protected heads rank first within their KV group, so pruning stays uniform per group.
+    - ``retrieval_score``: how heads are scored on the probes: ``"attention"`` (the attention mass a
+      head puts on the needle token it copies; Wu et al. 2024) or ``"answer_loss"`` (how much the
+      answer's teacher-forced loss rises when the head is removed, to first order: head-mask
+      gradients, Michel et al. 2019; it also finds the heads that prepare the copy).
     - ``extra``: free-form JSON-able notes carried with the recipe.
     """
 
@@ -43,6 +48,7 @@ class PruneConfig(JsonConfig):
     protect_fraction: float = 0.05
     retrieval_length: int = 2048
     retrieval_samples: int = 8
+    retrieval_score: str = "answer_loss"
     version: int = PRUNE_CONFIG_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -61,6 +67,9 @@ class PruneConfig(JsonConfig):
         for name in ("seqlen", "retrieval_length"):
             if getattr(self, name) < 16:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 16 tokens")
+        if self.retrieval_score not in RETRIEVAL_SCORES:
+            raise ConfigError(f"retrieval_score={self.retrieval_score!r} is not supported; use one of "
+                              f"{', '.join(RETRIEVAL_SCORES)}")
         if not 0.0 <= self.protect_fraction < 1.0:
             raise ConfigError(f"protect_fraction={self.protect_fraction} must lie in [0, 1)")
 
@@ -83,14 +92,7 @@ class PruneConfig(JsonConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PruneConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown PruneConfig field(s): {sorted(unknown)}; known: {sorted(known)}")
-        version = d.get("version", PRUNE_CONFIG_VERSION)
-        if version > PRUNE_CONFIG_VERSION:
-            raise ConfigError(f"this pruning recipe has version {version}, newer than this compresskit "
-                              f"understands ({PRUNE_CONFIG_VERSION}); upgrade compresskit")
+        cls.check_dict(d, "pruning recipe", PRUNE_CONFIG_VERSION)
         return cls(**d)
 
 

@@ -12,7 +12,7 @@ from ..core.version import __version__
 from .apply import count_parameters, keep_layers, prune_attention, prune_mlp, update_shape
 from .config import PruneConfig, PrunePlan, plan
 from .importance import Importance, collect_importance
-from .retrieval import RetrievalProbe, retrieval_scores
+from .retrieval import RetrievalProbe, head_retrieval_scores
 from .select import heads_of_groups, keep_kv_groups, keep_query_heads, layers_to_keep, protected_heads, top_indices
 
 
@@ -58,7 +58,7 @@ def prune_in_place(model: nn.Module, config: PruneConfig, ids: torch.Tensor | No
         if retrieval is None and not probes:
             raise ValueError("retrieval protection needs needle probes; pass probes, or protect_retrieval=False")
         if retrieval is None:
-            retrieval = retrieval_scores(model, spec, probes, progress=progress)
+            retrieval = head_retrieval_scores(model, spec, probes, config.retrieval_score, progress=progress)
         protected = protected_heads(retrieval, p.protected_heads)
         record["retrieval"] = _retrieval_summary(retrieval, protected)
     keep_l = torch.arange(p.n_layers) if not config.layers else layers_to_keep(

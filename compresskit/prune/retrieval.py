@@ -10,6 +10,13 @@ hidden states and the rotary (cos, sin) the model hands it, projects q for the f
 and k for the whole prompt, applies RoPE (Llama/Qwen2/Mistral rotate halves), and forms
 softmax(q k^T / sqrt(d)) over the causal (and, where the layer has one, sliding-window) span. No
 L x L attention matrix is built. The result matches eager attention's weights (tests/prune).
+
+`answer_loss_scores` is the other score (Michel et al. 2019, "Are Sixteen Heads Really Better than
+One?", head-mask gradients, here on the answer tokens of the same probes): a gate of 1 multiplies each
+head's output (the o_proj input); ``-dL/dgate`` is the first-order estimate of how much the
+teacher-forced loss of the answer rises when the head is removed. It sees the whole retrieval circuit
+(the heads that copy and the heads that prepare the copy, such as previous-token heads), not only the
+heads whose attention lands on the needle.
 """
 from __future__ import annotations
 
@@ -134,6 +141,64 @@ def retrieval_scores(model: nn.Module, spec: ArchSpec, probes: Sequence[Retrieva
         for h in handles:
             h.remove()
     return out / len(probes)
+
+
+def answer_loss_scores(model: nn.Module, spec: ArchSpec, probes: Sequence[RetrievalProbe], *,
+                       progress: Callable[..., None] | None = None) -> torch.Tensor:
+    """``[layers, query heads]``: mean over ``probes`` of ``-dL/dg``, L the mean cross-entropy of the
+    answer tokens, g a per-head gate (all ones) on each o_proj input. One forward and backward per probe;
+    the model's weights get no gradients and are left as they were."""
+    if not probes:
+        raise ValueError("retrieval scoring needs at least one probe")
+    blocks = spec.blocks_of(model)
+    n_heads = model.config.num_attention_heads
+    gates = torch.ones(len(blocks), n_heads, requires_grad=True)
+
+    def gate_hook(i: int) -> Callable:
+        def hook(_module, args):
+            x = args[0]
+            gated = x.view(*x.shape[:-1], n_heads, -1) * gates[i].to(x.device, x.dtype)[:, None]
+            return (gated.view(x.shape), *args[1:])
+        return hook
+
+    handles = [get_module(block, spec.o_proj).register_forward_pre_hook(gate_hook(i)) for i, block in enumerate(blocks)]
+    params = list(model.parameters())
+    grad_flags = [p.requires_grad for p in params]
+    device = params[0].device
+    was_training = model.training
+    model.eval()
+    total = torch.zeros(len(blocks), n_heads)
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with torch.enable_grad():
+            for n, probe in enumerate(probes, 1):
+                ids = probe.input_ids[None].to(device)
+                first = int(probe.queries.min())
+                logits = model(input_ids=ids, use_cache=False, logits_to_keep=ids.shape[1] - first).logits[0]
+                rows = (probe.queries - first).to(device)
+                loss = torch.nn.functional.cross_entropy(logits[rows].float(), ids[0, probe.queries.to(device) + 1])
+                (grad,) = torch.autograd.grad(loss, gates)
+                total -= grad
+                if progress is not None:
+                    progress(f"retrieval probe {n}/{len(probes)}", 1)
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in zip(params, grad_flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    return total / len(probes)
+
+
+def head_retrieval_scores(model: nn.Module, spec: ArchSpec, probes: Sequence[RetrievalProbe], method: str, *,
+                          progress: Callable[..., None] | None = None) -> torch.Tensor:
+    """``[layers, query heads]`` by ``method``: ``"attention"`` (`retrieval_scores`) or ``"answer_loss"``
+    (`answer_loss_scores`); higher means more needed for retrieval."""
+    scorers = {"attention": retrieval_scores, "answer_loss": answer_loss_scores}
+    if method not in scorers:
+        raise ValueError(f"unknown retrieval score {method!r}; use one of {', '.join(scorers)}")
+    return scorers[method](model, spec, probes, progress=progress)
 
 
 def probe_from_answer(prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> RetrievalProbe:

@@ -20,7 +20,16 @@ def test_one_third_of_the_heads_with_protection_saves_a_plain_llama(tmp_path):
                                      retrieval_samples=1, tokenizer=tok)
     assert (model.config.num_attention_heads, model.config.num_key_value_heads, model.config.head_dim) == (6, 3, 64)
     assert model.config.intermediate_size == 1152
-    assert record["retrieval"]["protected_kept"] and len(record["retrieval"]["protected"]) == 14
+    protected = record["retrieval"]["protected"]
+    assert len(protected) == 14
+    # every protected head is kept where its KV group has room (2 of 3 heads stay in each group)
+    for layer in {p[0] for p in protected}:
+        kept = set(record["kept_query_heads"][str(layer)])
+        for g in range(3):
+            in_group = [h for lay, h in protected if lay == layer and h // 3 == g]
+            assert len(kept & set(in_group)) == min(len(in_group), 2)
+    assert record["retrieval"]["protected_kept"] == all(
+        h in record["kept_query_heads"][str(lay)] for lay, h in protected)
     assert api.parameter_count(model) == record["params_after"] < 0.85 * before
     out = api.save(model, tok, tmp_path / "p")
     cfg = json.loads((out / "config.json").read_text())

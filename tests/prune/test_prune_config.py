@@ -22,6 +22,7 @@ def test_json_round_trip_and_name():
     ("head_unit", "kv", "head_unit='kv' is not supported"),
     ("nsamples", 0, "nsamples=0 must be positive"),
     ("protect_fraction", 1.5, "protect_fraction=1.5"),
+    ("retrieval_score", "argmax", "retrieval_score='argmax' is not supported; use one of attention, answer_loss"),
 ])
 def test_bad_values_are_one_line_errors(field, value, needle):
     with pytest.raises(ConfigError, match=None) as e:

@@ -125,7 +125,7 @@ def test_protected_heads_are_kept_even_with_the_lowest_activation_score(monkeypa
     dropped = sorted(set(range(6)) - set(unprotected["kept_query_heads"]["0"]))[0]
     fake = torch.zeros(2, 6)
     fake[0, dropped] = 1.0
-    monkeypatch.setattr(pipeline, "retrieval_scores", lambda *a, **k: fake)
+    monkeypatch.setattr(pipeline, "head_retrieval_scores", lambda *a, **k: fake)
     record = prune_in_place(model, PruneConfig(heads=0.67, protect_fraction=0.01, seqlen=48), IDS, _probes())
     assert record["retrieval"]["protected"] == [[0, dropped]]
     assert dropped in record["kept_query_heads"]["0"] and record["retrieval"]["protected_kept"]
@@ -154,7 +154,7 @@ def test_layer_removal_keeps_a_layer_holding_a_protected_head(monkeypatch):
     weakest = (set(range(4)) - set(plain["kept_layers"])).pop()
     fake = torch.zeros(4, 4)
     fake[weakest, 1] = 1.0
-    monkeypatch.setattr(pipeline, "retrieval_scores", lambda *a, **k: fake)
+    monkeypatch.setattr(pipeline, "head_retrieval_scores", lambda *a, **k: fake)
     record = prune_in_place(model, PruneConfig(layers=1, protect_fraction=0.01, seqlen=48), IDS, _probes())
     assert weakest in record["kept_layers"] and len(record["kept_layers"]) == 3
     assert record["retrieval"]["protected"] == [[weakest, 1]] and record["retrieval"]["protected_kept"]
