@@ -11,8 +11,11 @@ import typer
 from rich.markup import escape
 
 from .render import (
-    comparison_table, console, err_console, gate_table, info_table, progress_bar, report_table, rows_table, status,
+    comparison_table, console, distill_table, err_console, gate_table, info_table, progress_bar, report_table, rows_table,
+    status,
 )
+
+from . import publish  # noqa: E402  (export, push, and the --push-to-hub step of the commands that save)
 
 app = typer.Typer(help="Compress Hugging Face causal LMs and check them at long context.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -100,6 +103,9 @@ def quantize(
     let_alpha: Optional[float] = typer.Option(None, help="omniquant: LET init strength (default 0.5; 0.75 for W4A4)"),
     work_dir: Optional[Path] = typer.Option(None, help="omniquant: per-block state for resuming (default OUTPUT.omniquant-state)"),
     keep_state: bool = typer.Option(False, "--keep-state", help="omniquant: keep the work dir after saving"),
+    push_to_hub: Optional[str] = publish.push_to_hub_option(),
+    private: bool = publish.private_option(),
+    token: Optional[str] = publish.token_option(),
 ) -> None:
     """Quantize MODEL, evaluate it against the original at each length, and save it unless the gate
     (--max-drop / --max-ppl-increase) fails."""
@@ -157,6 +163,7 @@ def quantize(
     console.print(comparison_table(title, before_bytes, api.checkpoint_bytes(output), before, after))
     if comparison is not None and comparison.gate is not None:
         console.print(f"gate: {escape(comparison.summary())}" + (" (saved with --force)" if not comparison.passed else ""))
+    publish.finish_saved(output, push_to_hub, private, token)
 
 
 PRUNE_TASKS = "ppl,passkey,niah_single_1"
@@ -175,6 +182,9 @@ def prune(
     protect_fraction: float = typer.Option(0.05, help="share of all heads protected as retrieval heads"),
     retrieval_length: int = typer.Option(2048, help="length of the passkey prompts that score retrieval heads"),
     retrieval_samples: int = typer.Option(8, help="passkey prompts that score retrieval heads"),
+    retrieval_score: Optional[str] = typer.Option(
+        None, help="attention (mass on the copied needle token) | answer_loss (answer-loss rise when a head "
+                   "is removed, head-mask gradients); default: the recipe default"),
     calib: str = typer.Option("builtin", help="builtin | file:PATH[#field] | generated | hf:NAME[:CONFIG][:SPLIT]"),
     nsamples: int = typer.Option(32, help="calibration samples for the activation importance"),
     seqlen: int = typer.Option(2048, help="calibration sequence length (up to the model's context)"),
@@ -187,6 +197,9 @@ def prune(
     passkey_trials: int = typer.Option(5, help="passkey trials (depths) per length"),
     samples: int = typer.Option(5, help="prompts per RULER task and length"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the parent's scores computed before"),
+    push_to_hub: Optional[str] = publish.push_to_hub_option(),
+    private: bool = publish.private_option(),
+    token: Optional[str] = publish.token_option(),
 ) -> None:
     """Remove MLP channels, attention heads and layers from MODEL (keeping its retrieval heads), print a
     before/after table, and save a plain float checkpoint that stock transformers loads."""
@@ -195,7 +208,8 @@ def prune(
     config = _run(lambda: api.make_prune_config(
         mlp=mlp, heads=heads, layers=layers, head_unit="group" if kv_groups else "query",
         protect_retrieval=protect_retrieval, protect_fraction=protect_fraction, retrieval_length=retrieval_length,
-        retrieval_samples=retrieval_samples, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed))
+        retrieval_samples=retrieval_samples, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed,
+        **({"retrieval_score": retrieval_score} if retrieval_score else {})))
     _run(lambda: api.check_output(output, overwrite))
     with status(f"loading {model}"):
         m, tok = _run(lambda: api.load_model(model))
@@ -220,6 +234,139 @@ def prune(
     if retrieval is not None:
         console.print(f"retrieval heads protected: {len(retrieval['protected'])} (layer, head) "
                       f"{escape(str(retrieval['protected']))}; all kept: {retrieval['protected_kept']}")
+    publish.finish_saved(output, push_to_hub, private, token)
+
+
+@app.command()
+def distill(
+    teacher: str = typer.Option(..., "--teacher", help="the parent model (embedded name, directory, or hub id)"),
+    student: str = typer.Option(..., "--student", help="the compressed model: pruned (float) or quantized"),
+    output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
+    data: str = typer.Option("builtin", help="builtin | file:PATH[#field] | generated | hf:NAME[:CONFIG][:SPLIT]"),
+    seqlen: int = typer.Option(4096, help="the (final, longest) sequence length, up to the models' context"),
+    seqlen_schedule: str = typer.Option("", help="short-to-long stages ending at --seqlen: tokens (1024,2048,4096) "
+                                        "or fractions (0.25,0.5,1)"),
+    schedule_fractions: str = typer.Option("", help="share of the steps per stage (default equal), e.g. 0.5,0.3,0.2"),
+    steps: int = typer.Option(100, help="optimizer steps"),
+    batch_size: int = typer.Option(1, help="sequences per forward"),
+    grad_accum: int = typer.Option(1, help="forwards accumulated per optimizer step"),
+    lr: float = typer.Option(1e-4, help="AdamW learning rate (peak)"),
+    weight_decay: float = typer.Option(0.0, help="AdamW weight decay"),
+    warmup_steps: int = typer.Option(0, help="linear warmup steps"),
+    lr_schedule: str = typer.Option("cosine", help="cosine | linear | constant after warmup"),
+    min_lr_ratio: float = typer.Option(0.1, help="final learning rate as a fraction of --lr"),
+    max_grad_norm: float = typer.Option(1.0, help="gradient clipping norm (0: off)"),
+    temperature: float = typer.Option(1.0, help="KL temperature (the loss is scaled by T^2)"),
+    kl_weight: float = typer.Option(1.0, help="weight of the forward KL on logits"),
+    ce_weight: float = typer.Option(0.0, help="weight of the student's next-token cross-entropy"),
+    hidden_weight: float = typer.Option(0.0, help="weight of the hidden-state loss on mapped layers"),
+    hidden_loss: str = typer.Option("cosine", help="hidden-state loss: cosine | mse"),
+    hidden_layers: str = typer.Option("", help="student layers for the hidden-state loss (default all)"),
+    kl_chunk: int = typer.Option(1024, help="positions per lm_head/KL chunk (0: the whole sequence)"),
+    lora: bool = typer.Option(False, "--lora", help="train LoRA adapters (peft), merged at the end"),
+    lora_rank: int = typer.Option(16, help="LoRA rank"),
+    lora_alpha: float = typer.Option(32.0, help="LoRA alpha"),
+    quant_params_only: bool = typer.Option(False, "--quant-params-only", help="quantized student: train only the "
+                                           "group scales; the integer codes stay bit for bit"),
+    train_norms: bool = typer.Option(False, "--train-norms", help="with --quant-params-only: also train the norms"),
+    gradient_checkpointing: bool = typer.Option(True, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                help="recompute layer activations in the backward pass (long sequences)"),
+    checkpoint_every: int = typer.Option(0, help="save the resumable state every N steps (0: off)"),
+    work_dir: Optional[Path] = typer.Option(None, help="resumable state (default OUTPUT.distill-state); a rerun "
+                                            "with the same settings resumes from it"),
+    keep_state: bool = typer.Option(False, "--keep-state", help="keep the work dir after saving"),
+    mixed_precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16"),
+    seed: int = typer.Option(0, help="random seed (data windows and evaluation)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
+    tasks: str = typer.Option(PRUNE_TASKS, "--eval", help="evaluation tasks (teacher, before, after): " + TASKS_HELP),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip the evaluation (and the gate)"),
+    lengths: str = typer.Option("", help="evaluation lengths, comma-separated (default: --seqlen)"),
+    max_drop: Optional[float] = typer.Option(None, help="gate: refuse to save if any task at any length is more than "
+                                             "this many points below the teacher (perplexity: percent)"),
+    max_ppl_increase: Optional[float] = typer.Option(None, help="gate: allowed perplexity increase over the "
+                                                     "teacher in percent (default: --max-drop)"),
+    force: bool = typer.Option(False, "--force", help="save even if the gate fails (the failure is recorded)"),
+    ppl_windows: int = typer.Option(4, help="perplexity windows per length"),
+    passkey_trials: int = typer.Option(5, help="passkey trials (depths) per length"),
+    samples: int = typer.Option(5, help="prompts per RULER task and length"),
+    cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the teacher's scores computed before"),
+    push_to_hub: Optional[str] = publish.push_to_hub_option(),
+    private: bool = publish.private_option(),
+    token: Optional[str] = publish.token_option(),
+) -> None:
+    """Distill TEACHER into a pruned or quantized STUDENT (forward KL on logits at the target length),
+    evaluate teacher / student before / after, and save unless the gate (--max-drop) fails.
+    Under ``accelerate launch`` the same command trains data-parallel (or FSDP / DeepSpeed)."""
+    import shutil
+
+    from compresskit import api
+
+    def floats(s: str) -> list[float]:
+        return _csv(s, float)
+
+    config = _run(lambda: api.make_distill_config(
+        steps=steps, seqlen=seqlen, seqlen_schedule=tuple(floats(seqlen_schedule)),
+        schedule_fractions=tuple(floats(schedule_fractions)), batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+        weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio,
+        max_grad_norm=max_grad_norm, temperature=temperature, kl_weight=kl_weight, ce_weight=ce_weight,
+        hidden_weight=hidden_weight, hidden_loss=hidden_loss, hidden_layers=tuple(_csv(hidden_layers, int)),
+        kl_chunk=kl_chunk, data=data, seed=seed, lora=lora, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        quant_params_only=quant_params_only, train_norms=train_norms, gradient_checkpointing=gradient_checkpointing,
+        checkpoint_every=checkpoint_every, mixed_precision=mixed_precision))
+    _run(lambda: api.check_output(output, overwrite))
+    _run(lambda: api.check_distill_dependencies(config))
+    work_dir = work_dir or output.with_name(output.name + ".distill-state")
+    with status(f"loading {teacher} and {student}"):
+        t_model, tok = _run(lambda: api.load_model(teacher))
+        s_model, s_tok = _run(lambda: api.load_model(student))
+    _run(lambda: api.check_distill(s_model, t_model, config))
+    opts = _eval_opts(tasks, lengths or str(config.seqlen), ppl_windows, passkey_trials, samples, seed, None, None,
+                      cache)
+    t_report = None if no_eval else _run(lambda: _evaluate(api, t_model, tok, "teacher", opts))
+    before = None if no_eval else _run(lambda: _evaluate(api, s_model, s_tok, "student", opts))
+    if api.has_distill_checkpoint(work_dir):
+        console.print(f"resuming from {escape(str(work_dir))}")
+    t0 = time.perf_counter()
+    with progress_bar(f"distilling {config.name}", config.steps) as advance:
+        seen = [0]
+
+        def on_step(step: int, total: int, info: dict) -> None:
+            message = (f"loss {info['loss']:.4f}, {info['tokens_per_s']:.0f} tok/s, seq {info['seqlen']}, "
+                       f"lr {info['lr']:.2e}")
+            advance(step - seen[0], message)
+            seen[0] = step
+
+        result = _run(lambda: api.distill(s_model, t_model, config, tokenizer=tok, work_dir=work_dir, progress=on_step))
+    seconds = time.perf_counter() - t0
+    after = None if no_eval else _run(lambda: _evaluate(api, s_model, s_tok, "distilled", opts))
+    comparison = None if no_eval else _run(lambda: api.compare(t_report, after, max_drop=max_drop,
+                                                               max_ppl_increase=max_ppl_increase))
+    summary = s_model.compresskit_distillation
+    title = (f"{student} <- {teacher}: {output} ({config.name}; {result.tokens} tokens in {seconds:.0f}s, "
+             f"{result.tokens_per_second:.0f} tok/s)")
+    table = None if no_eval else distill_table(title, t_report, before, after, (summary["loss_first"], summary["loss_last"]))
+    if comparison is not None and comparison.gate is not None and not comparison.passed and not force:
+        rejected = output.with_name(output.name + ".gate-report")
+        api.write_eval_report(rejected, after, t_report, comparison, meta={"title": f"{title}: NOT SAVED"})
+        console.print(table)
+        err_console.print(f"[bold red]not saved:[/] gate {escape(comparison.summary())}; report in "
+                          f"{escape(str(rejected))}; rerun with --force to save anyway", soft_wrap=True)
+        raise typer.Exit(3)
+    evaluation = None if no_eval else {"teacher": t_report, "before": before, "after": after, "gate": {
+        **comparison.to_dict(), "forced": bool(force and not comparison.passed)}}
+    with status(f"saving {output}"):
+        _run(lambda: api.save(s_model, s_tok, output, overwrite=overwrite, evaluation=evaluation))
+    if not keep_state:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    if comparison is not None:
+        api.write_eval_report(output / "evaluation", after, t_report, comparison, meta={"title": title})
+    if table is not None:
+        console.print(table)
+    else:
+        console.print(f"{escape(title)}: loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}")
+    if comparison is not None and comparison.gate is not None:
+        console.print(f"gate: {escape(comparison.summary())}" + (" (saved with --force)" if not comparison.passed else ""))
+    publish.finish_saved(output, push_to_hub, private, token)
 
 
 @app.command("eval")
@@ -302,6 +449,8 @@ def kernels(as_json: bool = typer.Option(False, "--json", help="print JSON inste
     cols = ["backend", "devices", "bits", "group sizes", "dtypes", "auto on", "here"]
     console.print(rows_table("kernel backends", [cols] + [[r[c] for c in cols] for r in rows]))
 
+
+publish.register(app)  # export, push
 
 if __name__ == "__main__":
     app()

@@ -67,6 +67,24 @@ def comparison_table(title: str, before_bytes: int, after_bytes: int | None, bef
     return table
 
 
+def distill_table(title: str, teacher: Any, before: Any, after: Any, loss: tuple[float | None, float | None]) -> Table:
+    """Teacher, student before and after distillation per (task, length), and for perplexity the share of
+    the teacher-student gap that distillation closed; the loss row holds the first and the last step's."""
+    table = Table(title=escape(title))
+    for col in ("metric", "teacher", "before", "after", "gap closed"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    if loss[0] is not None and loss[1] is not None:
+        table.add_row("distill loss", "-", f"{loss[0]:.4f}", f"{loss[1]:.4f}", "-")
+    for row in (after.rows if after is not None else []):
+        t, b = teacher.get(row.task, row.length), before.get(row.task, row.length)
+        gap = "-"
+        if t is not None and b is not None and row.metric == "ppl" and b.score != t.score:
+            gap = f"{(b.score - row.score) / (b.score - t.score):.0%}"
+        label = "perplexity" if row.metric == "ppl" else row.task
+        table.add_row(f"{label} @ {row.length}", fmt_score(t), fmt_score(b), fmt_score(row), gap)
+    return table
+
+
 def _rows_table(title: str, rows: list[list[str]]) -> Table:
     """A header row plus body rows; a body row whose last cell is "NO" (a failed gate) is red."""
     table = Table(title=escape(title))
@@ -107,6 +125,12 @@ def info_table(info: dict[str, Any]) -> Table:
             f"{plan.get('keep_layers')} layers, {plan.get('keep_heads')}/{plan.get('keep_groups')} heads, MLP "
             f"{plan.get('keep_intermediate')}; {pruning.get('params_before', 0) / 1e6:.1f}M -> "
             f"{pruning.get('params_after', 0) / 1e6:.1f}M parameters"))
+    distillation = info.get("distillation")
+    if distillation:
+        table.add_row("distillation", escape(
+            f"{distillation.get('name')} from {distillation.get('teacher')}: {distillation.get('steps')} steps, "
+            f"{distillation.get('tokens')} tokens, KL {distillation.get('kl_first') or 0:.4f} -> "
+            f"{distillation.get('kl_last') or 0:.4f}"))
     q = info.get("quantization")
     if q is None:
         table.add_row("quantization", "none" if not info.get("foreign_quantization") else

@@ -24,13 +24,14 @@ from .core.config import (
 from .core.fsutil import OutputExistsError, check_output_dir, dir_size_bytes, write_json_atomic
 from .core.manifest import QuantManifest
 from .models import DEFAULT_MODEL, CorruptCheckpointError, ModelNotFoundError, load_pretrained, resolve_model
+from .distill.lora import MissingDependencyError
 from .models.embedded import EmbeddedModelMissing
 from .prune import PruneConfig
 
 # Errors caused by the user's input: front ends report them as one line, not a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, UnsupportedArchitectureError, OutputExistsError, CorruptCheckpointError,
-    ModelNotFoundError, EmbeddedModelMissing, ValueError, FileNotFoundError,
+    ModelNotFoundError, EmbeddedModelMissing, ValueError, FileNotFoundError, MissingDependencyError,
 )
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
@@ -174,7 +175,7 @@ def prune_scores(model: nn.Module, config: PruneConfig | dict | None = None, *, 
     """The scores `prune` would compute (``{"importance": Importance, "retrieval": [layers, heads] or
     None}``), to prune several copies of one model at different settings without scoring again."""
     from .core.arch import get_arch
-    from .prune import collect_importance, retrieval_scores
+    from .prune import collect_importance, head_retrieval_scores
 
     config = make_prune_config(config, **overrides)
     spec = get_arch(model)
@@ -184,7 +185,7 @@ def prune_scores(model: nn.Module, config: PruneConfig | dict | None = None, *, 
         if probes is None and tokenizer is None:
             raise ValueError("retrieval protection needs the tokenizer (prune(..., tokenizer=tok)) or probes")
         probes = probes if probes is not None else retrieval_probes(model, tokenizer, config)
-        retrieval = retrieval_scores(model, spec, probes, progress=progress)
+        retrieval = head_retrieval_scores(model, spec, probes, config.retrieval_score, progress=progress)
     return {"importance": importance, "retrieval": retrieval}
 
 
@@ -409,6 +410,7 @@ def save(
     model); scales as fp16. ``evaluation`` (JSON-able, or reports with ``to_dict``) goes into the
     manifest. An existing ``path`` is refused unless ``overwrite``.
     """
+    from .api_publish import card_writer
     from .export import save_native
 
     source = getattr(model, "compresskit_source", {}) or {}
@@ -422,8 +424,14 @@ def save(
     if pruning is not None and evaluation is not None and manifest is None:
         model.config.compresskit_pruning = {**model.config.compresskit_pruning,
                                             "evaluation": _score_summary(evaluation)}
+    distillation = getattr(model, "compresskit_distillation", None)  # set by `distill`
+    if distillation is not None and evaluation is not None and manifest is None:
+        model.config.compresskit_distillation = {**model.config.compresskit_distillation,
+                                                 "evaluation": _score_summary(evaluation)}
+    sidecars = {name: data for name, data in (("pruning.json", pruning), ("distillation.json", distillation))
+                if data is not None}
     return save_native(model, tokenizer, path, manifest, overwrite=overwrite, storage_dtype=storage,
-                       sidecars=None if pruning is None else {"pruning.json": pruning})
+                       sidecars=sidecars or None, finalize=card_writer(model, evaluation, path))
 
 
 def _score_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -432,6 +440,9 @@ def _score_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
     for key, rep in evaluation.items():
         d = rep.to_dict() if hasattr(rep, "to_dict") else rep
         rows = d.get("rows") if isinstance(d, dict) else None
+        if rows and "score" not in rows[0]:  # a comparison (gate): its verdict
+            out[key] = {k: d[k] for k in ("passed", "gate", "forced") if k in d}
+            continue
         out[key] = {f"{r['task']}@{r['length']}": r["score"] for r in rows} if rows is not None else d
     return out
 
@@ -474,4 +485,13 @@ def info(name_or_path: str | os.PathLike) -> dict[str, Any]:
         },
         "foreign_quantization": qcfg if qcfg and manifest is None else None,
         "pruning": config.get("compresskit_pruning"),
+        "distillation": config.get("compresskit_distillation"),
     }
+
+
+# distillation is composed in its own module (api_distill); the API surface is this one
+from .api_distill import (  # noqa: E402,F401
+    check_distill, check_distill_dependencies, distill, distill_units, has_distill_checkpoint, make_distill_config,
+)
+
+from .api_publish import export_model, push, write_card  # noqa: E402,F401  (publishing, composed in api_publish)

@@ -21,6 +21,7 @@ ALLOWED = {
     "models": {"core"},
     "integrations": {"core", "kernels"},
     "prune": {"core"},
+    "distill": {"core"},
     "cli": {"api", "__init__"},
 }
 ROOM_DIRS = {room: ROOT / "compresskit" / room for room in ALLOWED} | {"cli": ROOT / "cli", "calib": ROOT / "calib"}

@@ -26,6 +26,19 @@ class JsonConfig:
     def from_json(cls, s: str):
         return cls.from_dict(json.loads(s))
 
+    @classmethod
+    def check_dict(cls, d: dict[str, Any], what: str, current_version: int) -> None:
+        """Refuse fields ``cls`` does not have and a ``version`` newer than ``current_version``
+        (``what`` names the recipe in the message, e.g. "pruning recipe")."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s): {sorted(unknown)}; known: {sorted(known)}")
+        version = d.get("version", current_version)
+        if version > current_version:
+            raise ConfigError(f"this {what} has version {version}, newer than this compresskit understands "
+                              f"({current_version}); upgrade compresskit")
+
 
 class ConfigError(ValueError):
     """A configuration value is out of range; the message says which value and what is accepted."""
@@ -100,16 +113,7 @@ class QuantConfig(JsonConfig):
             raise ConfigError(f"unknown method {method!r}; supported: {', '.join(SUPPORTED_METHODS)}")
         if cls is QuantConfig and d.get("method") in METHOD_CONFIGS:
             cls = METHOD_CONFIGS[d["method"]]
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown QuantConfig field(s): {sorted(unknown)}; known: {sorted(known)}")
-        version = d.get("version", CONFIG_VERSION)
-        if version > CONFIG_VERSION:
-            raise ConfigError(
-                f"this recipe has config version {version}, newer than this compresskit understands "
-                f"({CONFIG_VERSION}); upgrade compresskit"
-            )
+        cls.check_dict(d, "recipe's config", CONFIG_VERSION)
         d = dict(d)
         d["skip"] = tuple(d.get("skip", ()))
         return cls(**d)

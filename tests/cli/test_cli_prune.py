@@ -43,6 +43,19 @@ def test_prune_without_protection(tmp_path, tiny_dir):
     assert json.loads((out / "config.json").read_text())["compresskit_pruning"]["recipe"]["protect_retrieval"] is False
 
 
+def test_retrieval_score_choice_reaches_the_recipe(tmp_path, tiny_dir):
+    default, attention = tmp_path / "default", tmp_path / "attention"
+    for out, extra in ((default, []), (attention, ["--retrieval-score", "attention"])):
+        result = CliRunner().invoke(app, ["prune", str(tiny_dir), "--heads", "0.5", "--output", str(out), "--no-eval",
+                                          *SMALL, *extra])
+        assert result.exit_code == 0, result.output
+    recipes = [json.loads((d / "config.json").read_text())["compresskit_pruning"]["recipe"] for d in (default, attention)]
+    assert [r["retrieval_score"] for r in recipes] == ["answer_loss", "attention"]
+    bad = CliRunner().invoke(app, ["prune", str(tiny_dir), "--heads", "0.5", "--retrieval-score", "argmax",
+                                   "--output", str(tmp_path / "bad"), "--no-eval", *SMALL])
+    assert bad.exit_code != 0 and "retrieval_score='argmax' is not supported" in bad.output
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--heads", "0.3"], "nearest valid setting is --heads 0.5"),
     (["--heads", "0.9"], "leaves no query head"),

@@ -1,0 +1,148 @@
+"""The publishing API: exports that engines read, the model card, and pushing to a hub.
+
+    import compresskit
+    compresskit.export_model("smollm2-w4g64", "gptq", "smollm2-w4g64-gptq")        # or gptq-v1, compressed-tensors
+    compresskit.push("smollm2-w4g64-gptq", "me/smollm2-w4g64-gptq")                  # one commit
+
+Every artifact ``compresskit.save`` writes carries a README.md model card (`write_card` rewrites it,
+e.g. after an evaluation report was added to ``evaluation/``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+EXPORT_FORMATS = ("gptq", "gptq-v1", "compressed-tensors")
+EXPORT_DTYPES = ("float16", "float32")
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    notes: list[str] = field(default_factory=list)
+    weights_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.format, "notes": self.notes, "weights_bytes": self.weights_bytes}
+
+
+def card_parent(name: str | None, path: str | os.PathLike | None = None):
+    """What a model loaded from ``name`` (resolved to ``path``) descends from, for its card: the
+    embedded model's hub id and licence, a local directory's own card, or a hub id (and its licence
+    when its README is in the local hub cache; nothing is fetched)."""
+    from .core.fsutil import dir_size_bytes
+    from .export.card import CardParent, parent_from_card, read_card_metadata
+    from .models.embedded import EMBEDDED
+
+    name = None if name is None else str(name)
+    path = Path(path) if path is not None else (Path(name) if name else None)
+    size = dir_size_bytes(path) if path is not None and path.is_dir() else None
+    if name in EMBEDDED:
+        spec = EMBEDDED[name]
+        return CardParent(source=name, base_model=spec.hub_id or None, license=spec.license or None, bytes=size)
+    if path is not None and path.is_dir():
+        carried = parent_from_card(path)
+        meta = read_card_metadata(path)
+        base = carried.base_model if meta.get("compresskit") else None  # a compresskit artifact: its root
+        return CardParent(source=name, base_model=base, license=carried.license, bytes=size)
+    license_ = None
+    if name and name.count("/") == 1:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "README.md")
+            if isinstance(cached, str):
+                license_ = parent_from_card(Path(cached).parent).license
+        except Exception:  # no cache, or an unreadable card: the licence stays unknown
+            license_ = None
+    return CardParent(source=name, base_model=name if name and name.count("/") == 1 else None, license=license_)
+
+
+def model_parent(model: Any):
+    """`card_parent` of a loaded model (``model.compresskit_source``, else its config's name)."""
+    source = getattr(model, "compresskit_source", None) or {}
+    name = source.get("name") or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    return card_parent(name, source.get("path"))
+
+
+def card_writer(model: Any, evaluation: dict[str, Any] | None, path: str | os.PathLike) -> Callable[[Path], None]:
+    """What `compresskit.save` calls on its temporary directory: writes the card of the artifact that
+    becomes ``path``."""
+    from .export.card import write_card as _write
+
+    parent = model_parent(model)
+    name = Path(path).name
+
+    def finalize(directory: Path) -> None:
+        _write(directory, name=name, parent=parent, evaluation=evaluation)
+
+    return finalize
+
+
+def write_card(path: str | os.PathLike, *, evaluation: dict[str, Any] | None = None) -> Path:
+    """(Re)write ``path/README.md`` from the artifact's files (the parent comes from its current card);
+    returns the card's path. Renders offline."""
+    from .export.card import write_card as _write
+
+    return _write(path, evaluation=evaluation)
+
+
+def export_model(path: str | os.PathLike, format: str = "gptq", output: str | os.PathLike | None = None, *,
+                 overwrite: bool = False, dtype: str = "float16", weights_only: bool = False) -> ExportResult:
+    """Export the compresskit checkpoint at ``path`` to ``output`` as ``format``:
+
+    - ``"gptq"``: GPTQ with exact zero points (``checkpoint_format: gptq_v2``; transformers + optimum +
+      GPTQModel, vLLM);
+    - ``"gptq-v1"``: classic GPTQ (zero - 1); refused, naming the layer, when a zero point is 0;
+    - ``"compressed-tensors"``: ``pack-quantized`` (transformers, vLLM), 4- and 8-bit.
+
+    Non-quantized tensors are stored as ``dtype`` (``float16``, what engines expect; ``float32`` keeps
+    the embeddings bit-exact). Weight-activation checkpoints export only with ``weights_only``.
+    Errors (``ExportError``) say what cannot be expressed and what to do instead."""
+    from .core.fsutil import check_output_dir, dir_size_bytes
+    from .export.card import parent_from_card
+    from .export.card import write_card as _write
+    from .export.compressed_tensors import export_compressed_tensors
+    from .export.gptq import export_gptq
+    from .export.source import ExportError, NativeSource
+
+    if format not in EXPORT_FORMATS:
+        raise ExportError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    if dtype not in EXPORT_DTYPES:
+        raise ExportError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    if output is None:
+        raise ExportError("export needs an output directory (--output DIR)")
+    check_output_dir(output, overwrite)
+    from .models import resolve_model
+
+    source = NativeSource.read(resolve_model(path))
+    parent = parent_from_card(source.path)
+    if parent.source is None and parent.base_model is None:
+        parent = card_parent(str(path), source.path)
+    name = Path(output).name
+
+    def finalize(directory: Path) -> None:
+        _write(directory, name=name, parent=parent)
+
+    kw = dict(dtype=dtype, weights_only=weights_only, overwrite=overwrite, finalize=finalize)
+    if format == "compressed-tensors":
+        out, notes = export_compressed_tensors(source, output, **kw)
+    else:
+        out, notes = export_gptq(source, output, checkpoint_format="gptq" if format == "gptq-v1" else "gptq_v2", **kw)
+    return ExportResult(Path(out), format, notes, dir_size_bytes(out))
+
+
+def push(path: str | os.PathLike, repo: str, *, private: bool = False, revision: str | None = None,
+         token: str | None = None, overwrite: bool = False, endpoint: str | None = None,
+         commit_message: str | None = None, attempts: int = 4, backoff: float = 2.0):
+    """Push the saved artifact at ``path`` (native or exported) to the hub model repo ``repo`` in one
+    commit (a ``PushResult``). A repo that already holds the same files is left alone; one that holds
+    different files is refused (``RepoConflictError``) unless ``overwrite``; bad credentials raise
+    ``PushAuthError`` (use ``token`` or ``HF_TOKEN``); transient errors are retried ``attempts`` times."""
+    from .export.hub import push_folder
+
+    return push_folder(path, repo, private=private, revision=revision, token=token, overwrite=overwrite,
+                       endpoint=endpoint, commit_message=commit_message, attempts=attempts, backoff=backoff)
