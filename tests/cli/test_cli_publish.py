@@ -67,7 +67,7 @@ def test_push_command(hub, quantized):
     assert denied.exit_code == 2 and "--token" in denied.output and "Traceback" not in denied.output
 
 
-def test_quantize_and_prune_push_to_hub(hub, tmp_path, tiny_dir):
+def test_quantize_prune_export_distill_push_to_hub(hub, tmp_path, tiny_dir):
     out = tmp_path / "w4"
     result = CliRunner().invoke(app, ["quantize", str(tiny_dir), "--group-size", "32", "--no-eval", "--output",
                                       str(out), "--push-to-hub", "tester/w4", "--private", "--token", TOKEN])
@@ -84,6 +84,12 @@ def test_quantize_and_prune_push_to_hub(hub, tmp_path, tiny_dir):
                                       "--token", TOKEN])
     assert export.exit_code == 0, export.output
     assert "quant_method" in hub.files("tester/g")["config.json"].decode()
+    distilled = tmp_path / "d"  # the pruned model as the student of the original
+    result = CliRunner().invoke(app, ["distill", "--teacher", str(tiny_dir), "--student", str(pruned), "--seqlen", "64",
+                                      "--steps", "1", "--no-eval", "--output", str(distilled),
+                                      "--push-to-hub", "tester/d", "--token", TOKEN])
+    assert result.exit_code == 0, result.output
+    assert hub.files("tester/d")["model.safetensors"] == (distilled / "model.safetensors").read_bytes()
 
 
 def test_quantize_card_carries_the_gate_table_and_links_the_plots(tmp_path, tiny_dir):
