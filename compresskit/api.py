@@ -26,7 +26,7 @@ from .core.manifest import QuantManifest
 from .models import DEFAULT_MODEL, CorruptCheckpointError, ModelNotFoundError, load_pretrained, resolve_model
 from .distill.lora import MissingDependencyError
 from .models.embedded import EmbeddedModelMissing
-from .prune import PruneConfig
+from .prune import PruneConfig  # noqa: F401  (api.PruneConfig)
 
 # Errors caused by the user's input: front ends report them as one line, not a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -113,117 +113,6 @@ def quantize(
         manifest = quantize_rtn(model, config, progress=progress)
     model.compresskit_manifest = manifest
     return manifest
-
-
-def make_prune_config(config: PruneConfig | dict | None = None, **overrides: Any) -> PruneConfig:
-    """A validated `PruneConfig` from a config, a dict and/or keyword overrides."""
-    if config is None:
-        return PruneConfig.from_dict(overrides)
-    if isinstance(config, dict):
-        return PruneConfig.from_dict({**config, **overrides})
-    return PruneConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
-
-
-def prune_plan(model: nn.Module, config: PruneConfig) -> dict[str, Any]:
-    """Exact kept counts for ``model`` (raises ConfigError naming the nearest valid setting)."""
-    from .core.arch import get_arch
-    from .prune import plan
-
-    get_arch(model)
-    return plan(config, model.config).to_dict()
-
-
-def retrieval_probes(model: nn.Module, tokenizer: Any, config: PruneConfig) -> list:
-    """Needle probes for retrieval-head scoring: the eval suite's passkey prompts at
-    ``config.retrieval_length`` (capped at the model's context), keys drawn from a seed distinct from
-    the evaluation's, the needle's key tokens as copy targets and the key as the teacher-forced answer."""
-    import random
-
-    from .eval.passkey import KEY_MAX, KEY_MIN, passkey_prompt
-    from .prune import probe_from_answer
-
-    context = getattr(model.config, "max_position_embeddings", None) or config.retrieval_length
-    length = min(config.retrieval_length, context - 8)
-    rng = random.Random(config.seed + 7919)
-    n = config.retrieval_samples
-    probes = []
-    for i in range(n):
-        key, depth = rng.randint(KEY_MIN, KEY_MAX), 0.5 if n == 1 else 0.05 + 0.9 * i / (n - 1)
-        prompt = passkey_prompt(tokenizer, length, depth, key)
-        answer = list(tokenizer(" " + str(key), add_special_tokens=False)["input_ids"])
-        probes.append(probe_from_answer(prompt, answer))
-    return probes
-
-
-def prune_units(model: nn.Module, config: PruneConfig) -> int:
-    """Progress units `prune` reports (calibration samples + retrieval probes)."""
-    from .prune import progress_units
-
-    return progress_units(config)
-
-
-def parameter_count(model: nn.Module) -> int:
-    """Parameters of ``model`` (a tied embedding / lm_head counted once)."""
-    from .prune import count_parameters
-
-    return count_parameters(model)
-
-
-def prune_scores(model: nn.Module, config: PruneConfig | dict | None = None, *, tokenizer: Any = None,
-                 calib: Any = None, probes: list | None = None, progress: Callable[..., None] | None = None,
-                 **overrides: Any) -> dict[str, Any]:
-    """The scores `prune` would compute (``{"importance": Importance, "retrieval": [layers, heads] or
-    None}``), to prune several copies of one model at different settings without scoring again."""
-    from .core.arch import get_arch
-    from .prune import collect_importance, head_retrieval_scores
-
-    config = make_prune_config(config, **overrides)
-    spec = get_arch(model)
-    importance = collect_importance(model, spec, calibration_ids(model, tokenizer, config, calib), progress=progress)
-    retrieval = None
-    if config.protect_retrieval:
-        if probes is None and tokenizer is None:
-            raise ValueError("retrieval protection needs the tokenizer (prune(..., tokenizer=tok)) or probes")
-        probes = probes if probes is not None else retrieval_probes(model, tokenizer, config)
-        retrieval = head_retrieval_scores(model, spec, probes, config.retrieval_score, progress=progress)
-    return {"importance": importance, "retrieval": retrieval}
-
-
-def prune(
-    model: nn.Module,
-    config: PruneConfig | dict | None = None,
-    *,
-    tokenizer: Any = None,
-    calib: Any = None,
-    probes: list | None = None,
-    scores: dict[str, Any] | None = None,
-    progress: Callable[..., None] | None = None,
-    **overrides: Any,
-) -> dict[str, Any]:
-    """Structurally prune ``model`` in place (MLP channels, attention heads, layers); returns the
-    provenance record (kept indices, scores summary; ``save`` writes it as ``pruning.json`` and a summary
-    into config.json). Calibration ``calib`` is a ``[n, seqlen]`` LongTensor or a source spec (see
-    `quantize`); retrieval protection (on by default) scores heads on passkey ``probes`` (default:
-    `retrieval_probes`). ``scores`` from `prune_scores` on the same unpruned model skips the scoring.
-    The result saves as a plain float checkpoint that stock transformers loads.
-    Also ``compresskit.prune_model`` (``compresskit.prune`` is the package)."""
-    from .core.arch import get_arch
-    from .prune import plan, prune_in_place
-
-    config = make_prune_config(config, **overrides)
-    get_arch(model)
-    plan(config, model.config)  # a bad ratio fails before any work
-    pruning = config.mlp or config.heads or config.layers
-    scores = scores or {}
-    ids = None
-    if pruning and scores.get("importance") is None:
-        ids = calibration_ids(model, tokenizer, config, calib)
-    if pruning and config.needs_retrieval and probes is None and scores.get("retrieval") is None:
-        if tokenizer is None:
-            raise ValueError("retrieval protection needs the tokenizer (prune(..., tokenizer=tok)) or probes")
-        probes = retrieval_probes(model, tokenizer, config)
-    return prune_in_place(model, config, ids, probes, progress=progress, importance=scores.get("importance"),
-                          retrieval=scores.get("retrieval"))
 
 
 def make_config(config: QuantConfig | dict | None = None, *, for_method: bool = False,
@@ -495,3 +384,8 @@ from .api_distill import (  # noqa: E402,F401
 )
 
 from .api_publish import export_model, push, write_card  # noqa: E402,F401  (publishing, composed in api_publish)
+
+# pruning is composed in its own module (api_prune); the API surface is this one
+from .api_prune import (  # noqa: E402,F401
+    make_prune_config, parameter_count, prune, prune_plan, prune_scores, prune_units, retrieval_probes,
+)
