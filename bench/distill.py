@@ -21,6 +21,8 @@ import json
 import time
 from pathlib import Path
 
+from _results import write_results  # bench/_results.py (scripts run by path)
+
 
 def _scores(model, tok, args) -> tuple[dict, float]:
     import compresskit
@@ -134,12 +136,7 @@ def _write(out: dict, args: argparse.Namespace, final: bool = False) -> None:
                 f"Evaluation: perplexity over {args.ppl_windows} held-out windows, passkey {args.passkey_trials} "
                 f"depths, at {n} tokens. gap closed = (before - after) / (before - teacher) of perplexity.")
     md = settings + "\n\n" + "\n".join(lines) + "\n"
-    if final:
-        print("\n" + md)
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".md").write_text(md)
-    path.with_suffix(".json").write_text(json.dumps({"settings": vars(args), **out}, indent=2) + "\n")
+    write_results(args.out, md, {"settings": vars(args), **out}, echo=final)
 
 
 def main() -> None:

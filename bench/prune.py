@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_results  # bench/_results.py (scripts run by path)
+
 SETTINGS = {  # name -> PruneConfig fields
     "fp": {},
     "mlp25": dict(mlp=0.25),
@@ -288,12 +290,7 @@ def _write(rows: list[dict], args, final: bool = False) -> None:
                 f"{args.passkey_trials} trials per length; prefill = median of 3 forwards of {args.prefill_tokens} "
                 "tokens, fp32, sdpa; shape = layers, query/KV heads, MLP width; no recovery training.")
     md = settings + "\n\n" + "\n".join(lines) + "\n"
-    if final:
-        print("\n" + md)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
+    write_results(args.out, md, {"settings": vars(args), "rows": rows}, echo=final)
 
 
 if __name__ == "__main__":

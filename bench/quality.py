@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import write_results  # bench/_results.py (scripts run by path)
+
 CONFIGS = {  # name -> QuantConfig fields
     "w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64),
     "w2g64": dict(wbits=2, group_size=64), "w4pc": dict(wbits=4, group_size=-1),
@@ -184,11 +186,7 @@ def _write(rows: list[dict], args, cuda: bool) -> None:
                 f"perplexity over {args.ppl_windows} held-out windows; passkey {args.passkey_trials} trials per length; "
                 "embeddings kept in float for every method; W-A activations simulated.")
     md = settings + "\n\n" + "\n".join(lines) + "\n"
-    print("\n" + md)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(json.dumps({"settings": vars(args), "rows": rows}, indent=2) + "\n")
+    write_results(args.out, md, {"settings": vars(args), "rows": rows}, echo=True)
 
 
 if __name__ == "__main__":

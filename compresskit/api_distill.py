@@ -26,11 +26,7 @@ _STORAGE = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def make_distill_config(config: DistillConfig | dict | None = None, **overrides: Any) -> DistillConfig:
     """A validated `DistillConfig` from a config, a dict and/or keyword overrides."""
-    if config is None:
-        return DistillConfig.from_dict(overrides)
-    if isinstance(config, dict):
-        return DistillConfig.from_dict({**config, **overrides})
-    return DistillConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
+    return DistillConfig.build(config, **overrides)
 
 
 def is_quantized(model: nn.Module) -> bool:

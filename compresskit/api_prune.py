@@ -14,11 +14,7 @@ from .prune import PruneConfig
 
 def make_prune_config(config: PruneConfig | dict | None = None, **overrides: Any) -> PruneConfig:
     """A validated `PruneConfig` from a config, a dict and/or keyword overrides."""
-    if config is None:
-        return PruneConfig.from_dict(overrides)
-    if isinstance(config, dict):
-        return PruneConfig.from_dict({**config, **overrides})
-    return PruneConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
+    return PruneConfig.build(config, **overrides)
 
 
 def prune_plan(model: nn.Module, config: PruneConfig) -> dict[str, Any]:

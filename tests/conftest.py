@@ -88,6 +88,16 @@ def tiny_llama():
     return make_tiny_model("llama")
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_tokenizer):
+    """A saved 3-layer tiny llama with its tokenizer (a model directory for the CLI); tests/cli/test_cli.py
+    has its own."""
+    path = tmp_path_factory.mktemp("src") / "tiny"
+    make_tiny_model("llama", num_hidden_layers=3).save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread_for_unit_tests(request):
     """Unit tests use tiny tensors: intra-op threads only add overhead (a lot on a busy 2-core box).

@@ -27,6 +27,15 @@ class JsonConfig:
         return cls.from_dict(json.loads(s))
 
     @classmethod
+    def build(cls, config=None, **overrides: Any):
+        """A validated config from a config of this class, a dict and/or keyword overrides."""
+        if config is None:
+            return cls.from_dict(overrides)
+        if isinstance(config, dict):
+            return cls.from_dict({**config, **overrides})
+        return cls.from_dict({**config.to_dict(), **overrides}) if overrides else config
+
+    @classmethod
     def check_dict(cls, d: dict[str, Any], what: str, current_version: int) -> None:
         """Refuse fields ``cls`` does not have and a ``version`` newer than ``current_version``
         (``what`` names the recipe in the message, e.g. "pruning recipe")."""

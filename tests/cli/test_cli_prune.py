@@ -2,24 +2,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import make_tiny_model
 from typer.testing import CliRunner
 
 from compresskit.cli.main import app
 
 SMALL = ["--nsamples", "2", "--seqlen", "64", "--retrieval-length", "200", "--retrieval-samples", "1"]
 SMALL_EVAL = ["--eval", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1", "--passkey-trials", "1"]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    path = tmp_path_factory.mktemp("src") / "tiny"
-    make_tiny_model("llama", num_hidden_layers=3).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
 
 
 def test_prune_prints_a_before_after_table_and_saves(tmp_path, tiny_dir):

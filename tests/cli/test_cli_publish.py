@@ -20,14 +20,6 @@ def quantized(tmp_path_factory, tiny_tokenizer) -> Path:
     return compresskit.save(model, tiny_tokenizer, tmp_path_factory.mktemp("cli") / "q")
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    path = tmp_path_factory.mktemp("src") / "tiny"
-    make_tiny_model("llama", num_hidden_layers=3).save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def hub(monkeypatch):
     import huggingface_hub.constants
