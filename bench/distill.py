@@ -78,11 +78,14 @@ def run(args: argparse.Namespace) -> dict:
         row["before"], _ = _scores(student, tok, args)
         print(f"mlp25 before: {row['before']}", flush=True)
         fields = dict(seqlen=args.seqlen, seqlen_schedule=tuple(args.seqlen_schedule), steps=args.steps, lr=args.lr,
-                      warmup_steps=args.warmup, lora=args.lora, schedule_fractions=tuple(args.schedule_fractions))
+                      warmup_steps=args.warmup, lora=args.lora, schedule_fractions=tuple(args.schedule_fractions),
+                      train_parts=tuple(args.train_parts), retrieval_mix=args.retrieval_mix,
+                      hidden_weight=args.hidden_weight)
         if args.lora:
             fields.update(lora_rank=args.lora_rank, lora_alpha=2.0 * args.lora_rank)
         row.update(_distill(student, teacher, tok, args, **fields))
-        row["method"] = "LoRA r%d, merged" % args.lora_rank if args.lora else "all weights"
+        row["method"] = ("LoRA r%d, merged" % args.lora_rank if args.lora
+                         else f"{' + '.join(args.train_parts)} weights" if args.train_parts else "all weights")
         row["after"], _ = _scores(student, tok, args)
         print(f"mlp25 after: {row['after']} ({row['tokens']} tokens, {row['wall_s']:.0f}s)", flush=True)
         out["rows"].append(row)
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace) -> dict:
         print(f"w3g64 before: {row['before']}", flush=True)
         row.update(_distill(student, teacher, tok, args, seqlen=args.seqlen,
                             seqlen_schedule=tuple(args.seqlen_schedule), steps=args.quant_steps, lr=args.quant_lr,
-                            warmup_steps=args.warmup, quant_params_only=True))
+                            warmup_steps=args.warmup, quant_params_only=True, retrieval_mix=args.retrieval_mix))
         import torch
 
         row["codes_identical"] = all(torch.equal(b, codes[n]) for n, b in student.named_buffers() if n in codes)
@@ -112,26 +115,33 @@ def _gap(teacher: float, before: float, after: float) -> str:
     return f"{(before - after) / (before - teacher):.0%}" if before != teacher else "-"
 
 
+def _mix(recipe: dict) -> str:
+    share, hidden = recipe.get("retrieval_mix", 0), recipe.get("hidden_weight", 0)
+    return ((f"; {share:.0%} of windows retrieval exercises" if share else "")
+            + (f"; + {hidden:g} x hidden-state cosine" if hidden else ""))
+
+
 def _write(out: dict, args: argparse.Namespace, final: bool = False) -> None:
     n = args.lengths[-1]
     t = out["teacher"]
-    head = (f"| student | trained | lr | lengths | steps | tokens | train s | tok/s | ppl@{n} teacher | before | after | "
-            f"gap closed | passkey@{n} teacher | before | after |\n|" + "---|" * 15)
+    head = (f"| student | trained | lr | threads | lengths | steps | tokens | train s | tok/s | ppl@{n} teacher | before | "
+            f"after | gap closed | passkey@{n} teacher | before | after |\n|" + "---|" * 16)
     lines = [head]
     for r in out["rows"]:
         b, a, rec = r["before"], r["after"], r["recipe"]
         lines.append(
-            f"| {r['student']} | {r['method']} | {rec['lr']:g} | {','.join(map(str, rec['seqlen_schedule']))} | "
+            f"| {r['student']} | {r['method']}{_mix(rec)} | {rec['lr']:g} | {r.get('threads', '?')} | "
+            f"{','.join(map(str, rec['seqlen_schedule']))} | "
             f"{r['steps']} | {r['tokens']} | {r['train_s']:.0f} | "
             f"{r['tokens_per_s']:.1f} | {t[f'ppl@{n}']:.2f} | {b[f'ppl@{n}']:.2f} | {a[f'ppl@{n}']:.2f} | "
             f"{_gap(t[f'ppl@{n}'], b[f'ppl@{n}'], a[f'ppl@{n}'])} | {t[f'passkey@{n}']:.0f}% | "
             f"{b[f'passkey@{n}']:.0f}% | {a[f'passkey@{n}']:.0f}% |")
-    settings = (f"CPU, 1 core, {out['rows'][0].get('threads', '?') if out['rows'] else '?'} torch thread, fp32; "
+    settings = ("CPU (2 cores; a 1-thread run was pinned to one core with taskset), fp32; "
                 f"forward KL on logits, T=1, no LM loss; AdamW (0.9, 0.95), {args.warmup} warmup steps then cosine to "
                 f"0.1 x lr; batch 1 sequence; data: windows of the shipped train split; the steps split equally over "
                 f"the lengths (short to long); gradient checkpointing {'on' if args.gradient_checkpointing else 'off'}, "
                 f"lm_head/KL in chunks of {args.kl_chunk} positions. mlp25: 25% of MLP channels pruned (importance "
-                f"on {args.nsamples} x 2048 tokens, no retrieval protection), all weights trained; rtn-w3g64: RTN W3 "
+                f"on {args.nsamples} x 2048 tokens, no retrieval protection); rtn-w3g64: RTN W3 "
                 "g64 with float embeddings, only the group scales trained (lr on their log gains), codes frozen. "
                 f"Evaluation: perplexity over {args.ppl_windows} held-out windows, passkey {args.passkey_trials} "
                 f"depths, at {n} tokens. gap closed = (before - after) / (before - teacher) of perplexity.")
@@ -151,6 +161,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--hidden-weight", type=float, default=0.0, help="weight of the hidden-state (cosine) loss")
+    ap.add_argument("--retrieval-mix", type=float, default=0.0, help="share of windows made retrieval exercises")
+    ap.add_argument("--train-parts", default="", help="train only these parts of the pruned student (e.g. mlp)")
     ap.add_argument("--lora-rank", type=int, default=32)
     ap.add_argument("--quant-steps", type=int, default=10)
     ap.add_argument("--quant-lr", type=float, default=1e-2)
@@ -170,6 +183,7 @@ def main() -> None:
     args.seqlen_schedule = [int(x) for x in args.seqlen_schedule.split(",")] if args.seqlen_schedule else []
     args.schedule_fractions = [float(x) for x in args.schedule_fractions.split(",")] if args.schedule_fractions else []
     args.parts = args.parts.split(",")
+    args.train_parts = [p for p in args.train_parts.split(",") if p]
     if args.render:
         saved = json.loads(Path(args.out).with_suffix(".json").read_text())
         _write({"teacher": saved["teacher"], "rows": saved["rows"]}, args, final=True)

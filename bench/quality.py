@@ -173,7 +173,7 @@ def _line(r: dict, lengths: list[int]) -> str:
 def _write(rows: list[dict], args, cuda: bool) -> None:
     fp = next((r for r in rows if r["method"] == "fp" and "scores" in r), None)
     head = (f"| config | method | ppl@{args.lengths[0]} | " + " | ".join(f"passkey@{n}" for n in args.lengths)
-            + " | calib s | peak GiB |\n|" + "---|" * (4 + len(args.lengths)))
+            + " | calib s | peak GiB |\n|" + "---|" * (5 + len(args.lengths)))
     lines = [head] + [_line(r, args.lengths) for r in rows]
     if fp:
         base = fp["scores"][f"ppl@{args.lengths[0]}"]

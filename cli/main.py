@@ -16,6 +16,7 @@ from .render import (
 )
 
 from . import publish  # noqa: E402  (export, push, and the --push-to-hub step of the commands that save)
+from . import recipe  # noqa: E402  (run: recipes)
 
 app = typer.Typer(help="Compress Hugging Face causal LMs and check them at long context.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -243,6 +244,8 @@ def distill(
     student: str = typer.Option(..., "--student", help="the compressed model: pruned (float) or quantized"),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
     data: str = typer.Option("builtin", help="builtin | file:PATH[#field] | generated | hf:NAME[:CONFIG][:SPLIT]"),
+    retrieval_mix: float = typer.Option(0.0, help="share of the windows (0..1) made retrieval exercises: facts "
+                                        "hidden in the text and asked for at its end (keeps passkey)"),
     seqlen: int = typer.Option(4096, help="the (final, longest) sequence length, up to the models' context"),
     seqlen_schedule: str = typer.Option("", help="short-to-long stages ending at --seqlen: tokens (1024,2048,4096) "
                                         "or fractions (0.25,0.5,1)"),
@@ -263,6 +266,8 @@ def distill(
     hidden_loss: str = typer.Option("cosine", help="hidden-state loss: cosine | mse"),
     hidden_layers: str = typer.Option("", help="student layers for the hidden-state loss (default all)"),
     kl_chunk: int = typer.Option(1024, help="positions per lm_head/KL chunk (0: the whole sequence)"),
+    train_parts: str = typer.Option("", help="train only these parts of a float student: attention, mlp, norms, "
+                                    "embed, lm_head (e.g. mlp: an MLP-pruned student keeps its attention)"),
     lora: bool = typer.Option(False, "--lora", help="train LoRA adapters (peft), merged at the end"),
     lora_rank: int = typer.Option(16, help="LoRA rank"),
     lora_alpha: float = typer.Option(32.0, help="LoRA alpha"),
@@ -310,7 +315,8 @@ def distill(
         weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio,
         max_grad_norm=max_grad_norm, temperature=temperature, kl_weight=kl_weight, ce_weight=ce_weight,
         hidden_weight=hidden_weight, hidden_loss=hidden_loss, hidden_layers=tuple(_csv(hidden_layers, int)),
-        kl_chunk=kl_chunk, data=data, seed=seed, lora=lora, lora_rank=lora_rank, lora_alpha=lora_alpha,
+        kl_chunk=kl_chunk, data=data, retrieval_mix=retrieval_mix, seed=seed, train_parts=tuple(_csv(train_parts)),
+        lora=lora, lora_rank=lora_rank, lora_alpha=lora_alpha,
         quant_params_only=quant_params_only, train_norms=train_norms, gradient_checkpointing=gradient_checkpointing,
         checkpoint_every=checkpoint_every, mixed_precision=mixed_precision))
     _run(lambda: api.check_output(output, overwrite))
@@ -322,9 +328,11 @@ def distill(
     _run(lambda: api.check_distill(s_model, t_model, config))
     opts = _eval_opts(tasks, lengths or str(config.seqlen), ppl_windows, passkey_trials, samples, seed, None, None,
                       cache)
+    main = api.is_main_process()  # under `accelerate launch` every process trains; only the main one reports
+    no_eval = no_eval or not main
     t_report = None if no_eval else _run(lambda: _evaluate(api, t_model, tok, "teacher", opts))
     before = None if no_eval else _run(lambda: _evaluate(api, s_model, s_tok, "student", opts))
-    if api.has_distill_checkpoint(work_dir):
+    if api.has_distill_checkpoint(work_dir) and main:
         console.print(f"resuming from {escape(str(work_dir))}")
     t0 = time.perf_counter()
     with progress_bar(f"distilling {config.name}", config.steps) as advance:
@@ -336,8 +344,11 @@ def distill(
             advance(step - seen[0], message)
             seen[0] = step
 
-        result = _run(lambda: api.distill(s_model, t_model, config, tokenizer=tok, work_dir=work_dir, progress=on_step))
+        result = _run(lambda: api.distill(s_model, t_model, config, tokenizer=tok, work_dir=work_dir,
+                                          progress=on_step if main else None))
     seconds = time.perf_counter() - t0
+    if not main:
+        return  # the main process evaluates, gates and saves the (identical) trained student
     after = None if no_eval else _run(lambda: _evaluate(api, s_model, s_tok, "distilled", opts))
     comparison = None if no_eval else _run(lambda: api.compare(t_report, after, max_drop=max_drop,
                                                                max_ppl_increase=max_ppl_increase))
@@ -451,6 +462,7 @@ def kernels(as_json: bool = typer.Option(False, "--json", help="print JSON inste
 
 
 publish.register(app)  # export, push
+recipe.register(app)  # run
 
 if __name__ == "__main__":
     app()

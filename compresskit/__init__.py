@@ -17,6 +17,7 @@ _register()
 from .api import distill as distill_model  # noqa: E402
 from .api import prune as prune_model  # noqa: E402
 from .api import export_model, push, write_card  # noqa: E402  (publishing: compresskit.api_publish)
+from .api import plan_recipe, run_recipe  # noqa: E402  (recipes: compresskit.api_recipe)
 from .api import (  # noqa: E402
     compare,
     evaluate,
@@ -30,5 +31,5 @@ from .api import (  # noqa: E402
 )
 
 __all__ = ["DistillConfig", "OmniQuantConfig", "PruneConfig", "QuantConfig", "compare", "distill_model", "evaluate",
-           "export_model", "info", "kernel_backends", "load_model", "prune_model", "push", "quantize", "save",
-           "set_kernel_backend", "write_card", "write_eval_report", "__version__"]
+           "export_model", "info", "kernel_backends", "load_model", "plan_recipe", "prune_model", "push", "quantize",
+           "run_recipe", "save", "set_kernel_backend", "write_card", "write_eval_report", "__version__"]

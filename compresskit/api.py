@@ -292,12 +292,16 @@ def save(
     *,
     overwrite: bool = False,
     evaluation: dict[str, Any] | None = None,
+    files: dict[str, str | bytes | os.PathLike] | None = None,
 ) -> Path:
     """Write the model (quantized or not) as safetensors + config.json, atomically.
 
     Non-quantized float tensors are stored in the source checkpoint's dtype (bf16 for the embedded
     model); scales as fp16. ``evaluation`` (JSON-able, or reports with ``to_dict``) goes into the
-    manifest. An existing ``path`` is refused unless ``overwrite``.
+    manifest. ``files`` adds files to the artifact inside the same atomic write, before its card:
+    relative name -> text (``str``), ``bytes``, or a ``Path`` of a file or directory to copy (e.g.
+    ``{"recipe.yaml": text, "evaluation": report_dir}``). An existing ``path`` is refused unless
+    ``overwrite``.
     """
     from .api_publish import card_writer
     from .export import save_native
@@ -319,8 +323,33 @@ def save(
                                                  "evaluation": _score_summary(evaluation)}
     sidecars = {name: data for name, data in (("pruning.json", pruning), ("distillation.json", distillation))
                 if data is not None}
+    card = card_writer(model, evaluation, path)
+
+    def finalize(directory: Path) -> None:
+        _add_files(directory, files or {})
+        card(directory)
+
     return save_native(model, tokenizer, path, manifest, overwrite=overwrite, storage_dtype=storage,
-                       sidecars=sidecars or None, finalize=card_writer(model, evaluation, path))
+                       sidecars=sidecars or None, finalize=finalize)
+
+
+def _add_files(directory: Path, files: dict[str, str | bytes | os.PathLike]) -> None:
+    """Write ``files`` (see `save`) into ``directory``; names must stay inside it."""
+    import shutil
+
+    for name, content in files.items():
+        target = directory / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ValueError(f"save(files=...): {name!r} must be a relative name inside the saved directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            target.write_text(content, encoding="utf-8")
+        elif isinstance(content, bytes):
+            target.write_bytes(content)
+        elif Path(content).is_dir():
+            shutil.copytree(content, target)
+        else:
+            shutil.copy2(content, target)
 
 
 def _score_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -380,7 +409,8 @@ def info(name_or_path: str | os.PathLike) -> dict[str, Any]:
 
 # distillation is composed in its own module (api_distill); the API surface is this one
 from .api_distill import (  # noqa: E402,F401
-    check_distill, check_distill_dependencies, distill, distill_units, has_distill_checkpoint, make_distill_config,
+    check_distill, check_distill_dependencies, distill, distill_units, has_distill_checkpoint, is_main_process,
+    make_distill_config,
 )
 
 from .api_publish import export_model, push, write_card  # noqa: E402,F401  (publishing, composed in api_publish)
@@ -388,4 +418,9 @@ from .api_publish import export_model, push, write_card  # noqa: E402,F401  (pub
 # pruning is composed in its own module (api_prune); the API surface is this one
 from .api_prune import (  # noqa: E402,F401
     make_prune_config, parameter_count, prune, prune_plan, prune_scores, prune_units, retrieval_probes,
+)
+
+# recipes (compresskit run) are planned in api_recipe_plan and run in api_recipe; the API surface is this one
+from .api_recipe import (  # noqa: E402,F401
+    GateFailedError, RecipeError, RecipeEvent, RecipePlan, RecipeResult, plan_recipe, run_recipe, shipped_recipes,
 )

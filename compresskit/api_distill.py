@@ -60,12 +60,28 @@ def check_distill(student: nn.Module, teacher: nn.Module, config: DistillConfig)
         raise ConfigError("the teacher is quantized; distill from the full-precision parent model")
 
 
-def sampler(tokenizer: Any, data: Any, *, seed: int, model: nn.Module | None = None) -> Callable[[int, int, int], torch.Tensor]:
+def sampler(tokenizer: Any, data: Any, *, seed: int, model: nn.Module | None = None,
+            retrieval_mix: float = 0.0) -> Callable[[int, int, int], torch.Tensor]:
     """``samples(seqlen, n, stage)``: ``n`` windows of ``seqlen`` tokens for each schedule stage.
 
     ``data`` is a calibration source spec (``builtin``, ``file:PATH``, ``generated``, ``hf:NAME``;
     tokenized with ``tokenizer``), a 1-D LongTensor token stream, or such a callable itself. Each
-    stage draws with its own seed, so a stage's windows are the same on every (resumed) run."""
+    stage draws with its own seed, so a stage's windows are the same on every (resumed) run. With
+    ``retrieval_mix`` that share of each stage's windows become retrieval exercises (needs the tokenizer)."""
+    draw = _plain_sampler(tokenizer, data, seed=seed, model=model)
+    if not retrieval_mix:
+        return draw
+    if tokenizer is None:
+        raise ValueError("retrieval_mix writes its facts and questions as text: distill(..., tokenizer=tok)")
+    from .calib import with_retrieval
+
+    def mixed(seqlen: int, n: int, stage: int) -> torch.Tensor:
+        return with_retrieval(tokenizer, draw(seqlen, n, stage), retrieval_mix, seed=seed + 7919 * (stage + 1))
+
+    return mixed
+
+
+def _plain_sampler(tokenizer: Any, data: Any, *, seed: int, model: nn.Module | None) -> Callable[[int, int, int], torch.Tensor]:
     if callable(data):
         return data
     if isinstance(data, torch.Tensor):
@@ -132,7 +148,8 @@ def distill(
 ) -> DistillResult:
     """Distill ``teacher`` into ``student`` in place; returns the run's `DistillResult`.
 
-    The student is a pruned (or otherwise smaller) float model, trained in all its weights or, with
+    The student is a pruned (or otherwise smaller) float model, trained in all its weights (or those of
+    ``train_parts``, e.g. ``("mlp",)``) or, with
     ``lora=True``, through LoRA adapters that are merged at the end; or a quantized model with
     ``quant_params_only=True``, where only its group scales (and with ``train_norms`` its norm
     weights) learn and the integer codes stay as they are. ``data`` defaults to ``config.data`` (see
@@ -143,11 +160,12 @@ def distill(
     ``round_to_storage=False``. The run's summary is kept as ``student.compresskit_distillation``
     (``save`` writes it as ``distillation.json`` and into config.json / the quantization manifest).
     """
-    from .distill import apply_lora, merge_lora, run_distillation
+    from .distill import apply_lora, merge_lora, part_parameters, run_distillation
 
     config = make_distill_config(config, **overrides)
     check_distill(student, teacher, config)
-    samples = sampler(tokenizer, data if data is not None else config.data, seed=config.seed, model=teacher)
+    samples = sampler(tokenizer, data if data is not None else config.data, seed=config.seed, model=teacher,
+                      retrieval_mix=config.retrieval_mix)
     storage = _STORAGE.get(str((getattr(student, "compresskit_source", None) or {}).get("dtype")))
     extra: dict[str, Any] = {}
     if config.quant_params_only:
@@ -172,7 +190,7 @@ def distill(
             raise RuntimeError("peft returned a different model object after merging")
         trained = [p for p in student.parameters() if p.is_floating_point()]
     else:
-        trained = [p for p in student.parameters() if p.is_floating_point()]
+        trained = part_parameters(student, config.train_parts)
         result = run_distillation(student, teacher, config, samples, trainable=trained, work_dir=work_dir,
                                   progress=progress, stop_after=stop_after)
     for p in student.parameters():
@@ -197,6 +215,13 @@ def check_distill_dependencies(config: DistillConfig) -> None:
         from .distill import require_peft
 
         require_peft()
+
+
+def is_main_process() -> bool:
+    """False on the other processes of an ``accelerate launch`` run: only the main one evaluates and saves."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
 
 
 def has_distill_checkpoint(work_dir: str | os.PathLike | None) -> bool:

@@ -73,6 +73,24 @@ def make_tiny_model(family: str = "llama", seed: int = 0, **overrides):
     return model.eval()
 
 
+def save_trained_tiny(path, tokenizer, layers: int = 3, steps: int = 80):
+    """A tiny Llama that has learned the first 200 tokens of the held-out text by heart (the window the
+    evaluation's perplexity reads first; ~1.6 after 80 steps), saved with ``tokenizer`` at ``path``:
+    compressing it visibly costs perplexity (2-bit per-channel weights: ~+70%), so a gate can fail."""
+    from compresskit import api
+
+    model = make_tiny_model("llama", num_hidden_layers=layers)
+    ids = tokenizer(api.heldout_text()[:5000], return_tensors="pt")["input_ids"][:, :200]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+    model.eval().save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return make_tiny_tokenizer()

@@ -41,3 +41,17 @@ def test_load_report_reads_both_report_files(tmp_path):
 def test_evaluate_rejects_unknown_tasks_before_running(tiny_llama, tiny_tokenizer):
     with pytest.raises(ValueError, match="unknown eval task.*longbench:<dataset>"):
         compresskit.evaluate(tiny_llama, tiny_tokenizer, tasks=["nope"], cache=False)
+
+
+def test_save_adds_files_inside_the_atomic_write(tmp_path, tiny_llama, tiny_tokenizer):
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("# scores\n")
+    out = api.save(tiny_llama, tiny_tokenizer, tmp_path / "out",
+                   files={"recipe.yaml": "model: m\n", "notes/raw.bin": b"\x00\x01", "evaluation": report})
+    assert (out / "recipe.yaml").read_text() == "model: m\n" and (out / "notes" / "raw.bin").read_bytes() == b"\x00\x01"
+    assert (out / "evaluation" / "report.md").is_file()
+    assert "```yaml\nmodel: m\n```" in (out / "README.md").read_text()  # the card shows a saved recipe
+    with pytest.raises(ValueError, match="must be a relative name inside the saved directory"):
+        api.save(tiny_llama, tiny_tokenizer, tmp_path / "bad", files={"../escape.txt": "x"})
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "escape.txt").exists()

@@ -22,6 +22,7 @@ ALLOWED = {
     "integrations": {"core", "kernels"},
     "prune": {"core"},
     "distill": {"core"},
+    "recipe": {"core", "prune", "distill", "eval"},  # the passes' config classes and eval task names
     "cli": {"api", "__init__"},
 }
 ROOM_DIRS = {room: ROOT / "compresskit" / room for room in ALLOWED} | {"cli": ROOT / "cli", "calib": ROOT / "calib"}

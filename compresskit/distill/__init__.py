@@ -12,9 +12,10 @@ from .config import DISTILL_CONFIG_VERSION, DistillConfig
 from .lora import PEFT_MISSING, MissingDependencyError, apply_lora, merge_lora, require_peft
 from .losses import HeadLossSums, head_losses, hidden_state_loss, layer_map, next_token_labels, token_kl
 from .objective import Objective, capture, core_model
+from .parts import part_parameters
 from .trainer import DistillResult, default_work_dir, lr_lambda, make_accelerator, run_distillation
 
 __all__ = ["DISTILL_CONFIG_VERSION", "DistillConfig", "DistillResult", "HeadLossSums", "MissingDependencyError", "Objective", "PEFT_MISSING",
            "TrainState", "apply_lora", "capture", "core_model", "default_work_dir", "has_checkpoint", "head_losses",
-           "hidden_state_loss", "layer_map", "lr_lambda", "make_accelerator", "merge_lora", "next_token_labels",
+           "hidden_state_loss", "layer_map", "lr_lambda", "make_accelerator", "merge_lora", "next_token_labels", "part_parameters",
            "require_peft", "run_distillation", "token_kl"]

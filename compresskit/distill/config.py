@@ -16,7 +16,10 @@ LR_SCHEDULES = ("cosine", "linear", "constant")
 HIDDEN_LOSSES = ("cosine", "mse")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# parts of a float student that ``train_parts`` can name (empty: all of them); see distill.parts
+TRAIN_PARTS = ("attention", "mlp", "norms", "embed", "lm_head")
 MIN_SEQLEN = 16
+RETRIEVAL_MIN_SEQLEN = 256  # a retrieval exercise (facts + questions) needs about half of such a window
 # fields that do not change what is computed: a checkpoint written under other values still resumes
 RESUME_NEUTRAL = ("checkpoint_every", "extra")
 
@@ -62,13 +65,17 @@ class DistillConfig(JsonConfig):
     equal shares). AdamW at ``lr`` with ``warmup_steps`` linear warmup then ``lr_schedule`` down to
     ``min_lr_ratio * lr``; gradients clipped at ``max_grad_norm`` (0: off).
 
-    Students: all float weights (default); ``lora`` adapters of rank ``lora_rank`` on ``lora_targets``
+    Students: all float weights (default), or only those of ``train_parts`` (``attention``, ``mlp``,
+    ``norms``, ``embed``, ``lm_head``; e.g. ``mlp`` for an MLP-pruned student keeps its attention, and
+    with it the retrieval heads, as the parent had it); ``lora`` adapters of rank ``lora_rank`` on ``lora_targets``
     (merged into the weights at the end); or, for a quantized student, ``quant_params_only``: only the
     group scales are trained (the packed integer codes and zero points stay bit for bit), plus the
     RMSNorm weights with ``train_norms`` (the float side of OmniQuant's LET fold).
 
     Data: windows from ``data`` (a calibration source: ``builtin``, ``file:PATH``, ``generated``,
-    ``hf:NAME``), drawn with ``seed``. ``checkpoint_every`` N steps the full training state is saved
+    ``hf:NAME``), drawn with ``seed``; ``retrieval_mix`` of them (a share, 0..1) become retrieval
+    exercises: facts hidden at random depths of the window's text and asked for at its end
+    (compresskit.calib.retrieval), so that distilling keeps the parent's long-range retrieval. ``checkpoint_every`` N steps the full training state is saved
     (0: only when stopped early); a rerun with the same work directory resumes exactly.
     ``mixed_precision``: ``auto`` = bf16 on CUDA, fp32 on CPU (or what ``accelerate launch`` sets).
     """
@@ -93,7 +100,9 @@ class DistillConfig(JsonConfig):
     hidden_layers: tuple[int, ...] = ()
     kl_chunk: int = 1024
     data: str = "builtin"
+    retrieval_mix: float = 0.0
     seed: int = 0
+    train_parts: tuple[str, ...] = ()
     lora: bool = False
     lora_rank: int = 16
     lora_alpha: float = 32.0
@@ -142,6 +151,13 @@ class DistillConfig(JsonConfig):
             raise ConfigError(f"min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
         if self.max_grad_norm < 0:
             raise ConfigError(f"max_grad_norm={self.max_grad_norm} must be >= 0 (0 turns clipping off)")
+        if not (isinstance(self.retrieval_mix, (int, float)) and 0.0 <= self.retrieval_mix <= 1.0):
+            raise ConfigError(f"retrieval_mix={self.retrieval_mix!r} is the share of windows made retrieval "
+                              "exercises: give a number in [0, 1] (e.g. --retrieval-mix 0.25)")
+        if self.retrieval_mix and lengths[0] < RETRIEVAL_MIN_SEQLEN:
+            raise ConfigError(f"retrieval exercises need windows of at least {RETRIEVAL_MIN_SEQLEN} tokens and the "
+                              f"first stage has {lengths[0]}: start --seqlen-schedule at {RETRIEVAL_MIN_SEQLEN} or "
+                              "more, or set --retrieval-mix 0")
         if not self.temperature > 0:
             raise ConfigError(f"temperature={self.temperature} must be positive (Minitron uses 1)")
         for name in ("kl_weight", "ce_weight", "hidden_weight"):
@@ -152,6 +168,14 @@ class DistillConfig(JsonConfig):
         object.__setattr__(self, "hidden_layers", tuple(int(i) for i in self.hidden_layers))
         if any(i < 0 for i in self.hidden_layers):
             raise ConfigError(f"hidden_layers={list(self.hidden_layers)} are student layer indices, >= 0")
+        object.__setattr__(self, "train_parts", tuple(self.train_parts))
+        unknown = [p for p in self.train_parts if p not in TRAIN_PARTS]
+        if unknown:
+            raise ConfigError(f"train_parts {unknown} unknown; name parts among {', '.join(TRAIN_PARTS)} "
+                              "(--train-parts mlp,norms), or leave it empty to train every float weight")
+        if self.train_parts and (self.lora or self.quant_params_only):
+            raise ConfigError("--train-parts selects float weights of a fully trained student; with --lora use "
+                              "--lora-targets, and --quant-params-only trains the scales")
         object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
         if self.lora and not self.lora_targets:
             raise ConfigError("lora_targets is empty; name the linears that get adapters (e.g. q_proj,v_proj)")
@@ -167,7 +191,8 @@ class DistillConfig(JsonConfig):
     @property
     def name(self) -> str:
         """Short human name, e.g. ``distill-full-s4096x200`` or ``distill-lora16-s1024-2048x50``."""
-        kind = f"lora{self.lora_rank}" if self.lora else "qparams" if self.quant_params_only else "full"
+        kind = (f"lora{self.lora_rank}" if self.lora else "qparams" if self.quant_params_only
+                else "+".join(self.train_parts) or "full")
         return f"distill-{kind}-s{'-'.join(map(str, self.seqlen_schedule))}x{self.steps}"
 
     def stages(self) -> list[tuple[int, int]]:
@@ -196,7 +221,7 @@ class DistillConfig(JsonConfig):
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for name in ("seqlen_schedule", "schedule_fractions", "hidden_layers", "lora_targets"):
+        for name in ("seqlen_schedule", "schedule_fractions", "hidden_layers", "train_parts", "lora_targets"):
             d[name] = list(d[name])
         return d
 
@@ -204,7 +229,7 @@ class DistillConfig(JsonConfig):
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
         cls.check_dict(d, "distillation recipe", DISTILL_CONFIG_VERSION)
         d = dict(d)
-        for name in ("seqlen_schedule", "schedule_fractions", "hidden_layers", "lora_targets"):
+        for name in ("seqlen_schedule", "schedule_fractions", "hidden_layers", "train_parts", "lora_targets"):
             if name in d and d[name] is not None:
                 d[name] = tuple(d[name])
         return cls(**d)

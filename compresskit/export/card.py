@@ -299,7 +299,11 @@ def build_card(directory: str | os.PathLike, *, name: str | None = None, parent:
         origin = Path(str(export.get("source"))).name
         lines += [f"Exported by compresskit from `{origin}` as {export.get('format')}.", ""]
         lines += [f"- {n}" for n in export.get("notes") or []] + [""]
-    if not recipe and not pruning and not distill:
+    run = directory / "recipe.yaml"  # written by `compresskit run`
+    if run.is_file():
+        lines += ["Recipe (`recipe.yaml`; `compresskit run recipe.yaml` runs it again):", "", "```yaml",
+                  run.read_text(encoding="utf-8").strip(), "```", ""]
+    if not recipe and not pruning and not distill and not run.is_file():
         lines += ["None: the weights are those of the parent.", ""]
     lines += ["## Size", "", "| | size |", "|---|---|", f"| parent weights | {_mb(parent.bytes)} |",
               f"| these weights | {_mb(total)}" + (f" ({total / parent.bytes:.2f}x the parent)" if parent.bytes else "")

@@ -60,6 +60,18 @@ def test_distill_prints_teacher_before_after_and_saves(tmp_path, dirs):
     assert api.info(out)["distillation"]["steps"] == 3
 
 
+def test_train_parts_reach_the_recipe_and_leave_the_rest_alone(tmp_path, dirs):
+    teacher, student = dirs
+    out = tmp_path / "mlp-only"
+    result = CliRunner().invoke(app, ["distill", "--teacher", str(teacher), "--student", str(student), "--output",
+                                      str(out), "--no-eval", "--train-parts", "mlp", *SMALL])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["compresskit_distillation"]["recipe"]["train_parts"] == ["mlp"]
+    (before, _), (after, _) = api.load_model(student), api.load_model(out)
+    old, new = dict(before.named_parameters()), dict(after.named_parameters())
+    assert all(torch.equal(p, old[n]) == (".mlp." not in n) for n, p in new.items())
+
+
 def test_keep_state_and_resume_message(tmp_path, dirs):
     teacher, student = dirs
     out, state = tmp_path / "d", tmp_path / "state"
@@ -87,6 +99,7 @@ def test_gate_failure_does_not_save(tmp_path, dirs):
     (["--quant-params-only"], "has no quantized layer"),
     (["--seqlen", "4096"], "exceeds the student's context"),
     (["--hidden-loss", "l2"], "use one of cosine, mse"),
+    (["--train-parts", "mlp,heads"], "train_parts ['heads'] unknown"),
 ])
 def test_bad_settings_are_one_line_errors_before_any_work(tmp_path, dirs, args, needle):
     teacher, student = dirs
@@ -104,3 +117,17 @@ def test_existing_output_is_refused(tmp_path, dirs):
     result = CliRunner().invoke(app, ["distill", "--teacher", str(teacher), "--student", str(student),
                                       "--output", str(tmp_path / "exists"), *SMALL])
     assert result.exit_code == 2 and "already exists" in result.output and "--overwrite" in result.output
+
+
+def test_other_processes_train_but_do_not_evaluate_or_save(tmp_path, dirs, monkeypatch):
+    teacher, student = dirs
+    monkeypatch.setattr(api, "is_main_process", lambda: False)  # as a non-main rank of accelerate launch
+    ran = []
+    real = api.distill
+    monkeypatch.setattr(api, "distill", lambda *a, **k: ran.append(k.get("progress")) or real(*a, **k))
+    out = tmp_path / "rank1"
+    result = CliRunner().invoke(app, ["distill", "--teacher", str(teacher), "--student", str(student), "--output",
+                                      str(out), *SMALL, *SMALL_EVAL])
+    assert result.exit_code == 0, result.output
+    assert ran == [None]  # it trained, without a progress display of its own
+    assert not out.exists() and "teacher" not in result.output  # no evaluation table, nothing saved

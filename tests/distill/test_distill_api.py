@@ -12,7 +12,7 @@ from _distill_pairs import mean_kl, perturbed_student, pruned_student, teacher, 
 from conftest import make_tiny_model
 
 import compresskit
-from compresskit import api
+from compresskit import api, api_distill
 from compresskit.core.config import ConfigError
 from compresskit.kernels.modules import QuantLinear, set_kernel_backend
 
@@ -196,3 +196,28 @@ def test_import_stays_light():
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out.splitlines()[-1] == "[]", out
+
+
+def test_train_parts_trains_only_the_named_parts(pair):
+    t, s0 = pair
+    s = copy.deepcopy(s0)
+    start = {n: p.detach().clone() for n, p in s.named_parameters()}
+    before = mean_kl(s, t, HELD_OUT)
+    compresskit.distill_model(s, t, data=token_stream(), seqlen=64, steps=10, batch_size=4, lr=3e-4,
+                              train_parts=("mlp",))
+    assert mean_kl(s, t, HELD_OUT) < before
+    changed = {n for n, p in s.named_parameters() if not torch.equal(p, start[n])}
+    mlp = {n for n in start if ".mlp." in n}
+    assert changed == mlp  # every MLP weight moved, nothing else did (attention, norms, embeddings)
+    assert s.compresskit_distillation["name"] == "distill-mlp-s64x10"
+
+
+def test_retrieval_mix_reaches_the_training_windows(tiny_tokenizer):
+    draw = api_distill.sampler(tiny_tokenizer, "builtin", seed=0, retrieval_mix=0.5)
+    plain = api_distill.sampler(tiny_tokenizer, "builtin", seed=0)
+    mixed, base = draw(1000, 4, 1), plain(1000, 4, 1)
+    texts = [tiny_tokenizer.decode(w) for w in mixed]
+    assert sum("Question: What is the" in t for t in texts) == 2
+    assert sum(torch.equal(a, b) for a, b in zip(mixed, base)) == 2  # the others are the plain windows
+    with pytest.raises(ValueError, match="tokenizer"):
+        api_distill.sampler(None, token_stream(), seed=0, retrieval_mix=0.5)

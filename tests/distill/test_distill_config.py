@@ -75,3 +75,21 @@ def test_unknown_fields_and_newer_versions_are_refused():
         DistillConfig.from_dict({"stpes": 3})
     with pytest.raises(ConfigError, match="upgrade compresskit"):
         DistillConfig.from_dict({"version": 99})
+
+
+def test_train_parts_are_checked_and_round_trip():
+    c = DistillConfig(train_parts=["mlp", "norms"])
+    assert c.train_parts == ("mlp", "norms") and DistillConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ConfigError, match="train_parts \\['mpl'\\] unknown.*attention, mlp, norms"):
+        DistillConfig(train_parts=("mpl",))
+    with pytest.raises(ConfigError, match="--lora-targets"):
+        DistillConfig(train_parts=("mlp",), lora=True)
+
+
+def test_retrieval_mix_is_a_share():
+    assert DistillConfig(retrieval_mix=0.25).retrieval_mix == 0.25
+    for bad in (-0.1, 1.5, "a"):
+        with pytest.raises(ConfigError, match="retrieval_mix=.* give a number in \\[0, 1\\]"):
+            DistillConfig(retrieval_mix=bad)
+    with pytest.raises(ConfigError, match="at least 256 tokens and the first stage has 128"):
+        DistillConfig(retrieval_mix=0.25, seqlen=1024, seqlen_schedule=(128, 1024))

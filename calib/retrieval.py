@@ -1,0 +1,63 @@
+"""Retrieval exercises for distillation data: facts hidden in a window of text, asked for at its end.
+
+Distilling on ordinary prose never rewards copying a token from far back, and a student trained that
+way can lose the long-range retrieval its parent had (passkey falls). `with_retrieval` turns a share
+of the windows into exercises: k facts ("Note that the locker code of Maria is 48213.") are placed at
+random depths of the window's own text and asked for again at its end ("Question: ... Answer: The
+locker code of Maria is 48213."). The teacher answers them, so the KL on the answer tokens teaches the
+student to retrieve. The wording, values and the surrounding real text differ from the passkey test
+(compresskit.eval.passkey), which stays a held-out measurement.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+
+WHATS = ("locker code", "room number", "account number", "serial number", "ticket number", "order number")
+NAMES = ("Maria", "Kenji", "Olga", "Tomas", "Aisha", "Pedro", "Ingrid", "Rahul", "Chen", "Fatima", "Lars", "Nadia",
+         "Omar", "Elena", "Yusuf", "Greta", "Ravi", "Sofia", "Hugo", "Leila")
+FACT = " Note that the {what} of {name} is {value}. "
+QUESTION = "\nQuestion: What is the {what} of {name}? Answer: The {what} of {name} is {value}."
+MAX_FACTS = 3
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def retrieval_exercise(tokenizer: Any, window: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """``window`` (1-D, L tokens) with 1-3 facts inserted at random depths of its first tokens and the
+    questions with their answers appended; still exactly L tokens (the text's tail is dropped)."""
+    if window.dim() != 1:
+        raise ValueError(f"a window is 1-D, got shape {tuple(window.shape)}")
+    length = window.numel()
+    k = rng.randint(1, MAX_FACTS)
+    facts = [(w, n, str(rng.randint(10_000, 9_999_999))) for w, n in zip(rng.sample(WHATS, k), rng.sample(NAMES, k))]
+    inserts = [_encode(tokenizer, FACT.format(what=w, name=n, value=v)) for w, n, v in facts]
+    asked = rng.sample(facts, k)  # asked in another order than told
+    tail = [t for w, n, v in asked for t in _encode(tokenizer, QUESTION.format(what=w, name=n, value=v))]
+    n_text = length - len(tail) - sum(map(len, inserts))
+    if n_text < length // 2:
+        raise ValueError(f"a {length}-token window is too short for retrieval exercises (need about "
+                         f"{2 * (length - n_text)} tokens); use longer sequences or retrieval_mix=0")
+    text = window[:n_text].tolist()
+    cuts = sorted(rng.randint(0, n_text) for _ in inserts)
+    out: list[int] = []
+    prev = 0
+    for cut, ids in zip(cuts, inserts):
+        out += text[prev:cut] + ids
+        prev = cut
+    out += text[prev:] + tail
+    return torch.tensor(out, dtype=window.dtype)
+
+
+def with_retrieval(tokenizer: Any, windows: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """``windows`` ([n, L]) with ``round(fraction * n)`` of them (chosen by ``seed``) made retrieval exercises."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction={fraction} must lie in [0, 1]")
+    rng = random.Random(seed)
+    n = windows.shape[0]
+    chosen = set(rng.sample(range(n), round(fraction * n)))
+    return torch.stack([retrieval_exercise(tokenizer, w, rng) if i in chosen else w for i, w in enumerate(windows)])

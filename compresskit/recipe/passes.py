@@ -1,0 +1,277 @@
+"""The passes of a recipe and their settings: `EvalPass`, `SavePass` and `PushPass` (prune, distill and
+quantize use `PruneConfig`, `DistillConfig` and `QuantConfig` as they are), `Pass` (one entry of a recipe)
+and `check_settings`, which finds every problem of a pass's settings through its config class.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import MISSING, asdict, dataclass, fields
+from typing import Any, Callable
+
+import yaml
+
+from ..core.config import METHOD_CONFIGS, SUPPORTED_METHODS, ConfigError, JsonConfig, QuantConfig
+from ..distill import DistillConfig
+from ..distill.config import RESUME_NEUTRAL
+from ..prune import PruneConfig
+
+RECIPE_VERSION = 1
+PASSES = ("prune", "distill", "quantize", "eval", "save", "push")
+MODEL_PASSES = ("prune", "distill", "quantize")  # the passes that change the weights
+
+
+class RecipeError(ConfigError):
+    """A recipe that cannot run; ``problems`` lists every one found, each naming its pass, field and fix."""
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        self.source, self.problems = source, list(problems)
+        n = len(self.problems)
+        super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}, nothing was run:\n"
+                         + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """YAML 1.1 reads ``3e-4`` as a string; this loader reads it as a float (as YAML 1.2 and Python do)."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+|\.[0-9_]+"
+               r"(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def yaml_value(text: str) -> Any:
+    """A YAML scalar or flow value (``4``, ``3e-4``, ``true``, ``[ppl, passkey]``), as a recipe reads it."""
+    return yaml.load(text, Loader=RecipeLoader)
+
+
+@dataclass(frozen=True)
+class EvalPass(JsonConfig):
+    """An evaluation of the current model against the recipe's original model, and its gate.
+
+    ``tasks`` x ``lengths`` as `compresskit eval` runs them (``ppl_windows``, ``passkey_trials``, ``samples``,
+    ``seed``, LongBench files). ``max_drop`` (points; perplexity in percent unless ``max_ppl_increase``)
+    makes it a gate: a failing gate stops the recipe before anything is saved. Without it the scores are
+    recorded only. ``cache`` reuses rows scored before for the same weights."""
+
+    tasks: tuple[str, ...] = ("ppl", "passkey")
+    lengths: tuple[int, ...] = (1024,)
+    ppl_windows: int = 4
+    passkey_trials: int = 5
+    samples: int = 5
+    seed: int = 0
+    max_drop: float | None = None
+    max_ppl_increase: float | None = None
+    cache: bool = True
+    longbench_path: str | None = None
+    longbench_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        from ..eval.suite import validate_tasks
+
+        try:
+            object.__setattr__(self, "tasks", validate_tasks(tuple(self.tasks)))
+        except ValueError as e:
+            raise ConfigError(f"{e} (tasks: [ppl, passkey])") from None
+        lengths = tuple(self.lengths)
+        if not lengths or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths):
+            raise ConfigError(f"lengths={list(lengths)} must be a non-empty list of token counts (lengths: [4096])")
+        object.__setattr__(self, "lengths", lengths)
+        for name in ("ppl_windows", "passkey_trials", "samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name}={value!r} must be a whole number >= 1")
+        for name in ("max_drop", "max_ppl_increase"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+                raise ConfigError(f"{name}={value!r} must be a number >= 0 (points; perplexity: percent)")
+
+    @property
+    def gated(self) -> bool:
+        return self.max_drop is not None or self.max_ppl_increase is not None
+
+    @property
+    def name(self) -> str:
+        gate = ""
+        if self.gated:
+            ppl = self.max_ppl_increase if self.max_ppl_increase is not None else self.max_drop
+            gate = f", gate max drop {self.max_drop if self.max_drop is not None else 2.0:g}, ppl +{ppl:g}%"
+        return f"eval {','.join(self.tasks)} @ {','.join(map(str, self.lengths))}{gate}"
+
+    def evaluate_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `compresskit.api.evaluate`."""
+        return {k: getattr(self, k) for k in ("tasks", "lengths", "ppl_windows", "passkey_trials", "samples", "seed",
+                                              "longbench_path", "longbench_limit", "cache")}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"tasks": list(self.tasks), "lengths": list(self.lengths)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalPass":
+        cls.check_dict(d, "eval pass", RECIPE_VERSION)
+        d = dict(d)
+        for name in ("tasks", "lengths"):
+            if isinstance(d.get(name), (str, int)):
+                d[name] = (d[name],)  # `tasks: passkey` means one task
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SavePass(JsonConfig):
+    """Write the final model to the recipe's ``output`` (atomically, with the resolved recipe as
+    ``recipe.yaml`` and the last evaluation of that model). ``keep_work_dir: false`` deletes the work
+    directory after a successful save (and push): a rerun then starts from scratch."""
+
+    keep_work_dir: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keep_work_dir, bool):
+            raise ConfigError(f"keep_work_dir={self.keep_work_dir!r} must be true or false")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SavePass":
+        cls.check_dict(d, "save pass", RECIPE_VERSION)
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class PushPass(JsonConfig):
+    """Push the saved output to the hub model repo ``repo`` (NAME or NAMESPACE/NAME) in one commit; the
+    token comes from ``compresskit run --token``, ``HF_TOKEN`` or ``hf auth login`` (never the recipe)."""
+
+    repo: str = ""
+    private: bool = False
+    revision: str | None = None
+    overwrite: bool = False
+    endpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.repo, str) or not self.repo.strip():
+            raise ConfigError("repo is missing: name the hub model repo (repo: NAME or repo: NAMESPACE/NAME)")
+        if self.repo.count("/") > 1 or any(c.isspace() for c in self.repo):
+            raise ConfigError(f"repo={self.repo!r} is not a hub repo name; use NAME or NAMESPACE/NAME")
+        for name in ("private", "overwrite"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PushPass":
+        cls.check_dict(d, "push pass", RECIPE_VERSION)
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass of a recipe: its ``kind`` (prune, distill, ...), its 1-based ``index`` in the recipe (0 for
+    the implicit save) and its validated ``config`` (None when its settings had problems). A distill pass
+    may name its ``teacher`` (default: the recipe's model)."""
+
+    kind: str
+    index: int
+    config: Any
+    teacher: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"pass {self.index} ({self.kind})" if self.index else f"{self.kind} (implicit, at the end)"
+
+    @property
+    def name(self) -> str:
+        """What the pass does, e.g. ``omniquant-w4g64`` or ``eval passkey @ 4096, gate ...``."""
+        if self.kind == "save":
+            return "save"
+        if self.kind == "push":
+            return f"push {self.config.repo}" if self.config is not None else "push"
+        return getattr(self.config, "name", self.kind)
+
+    def settings(self) -> dict[str, Any]:
+        """The resolved settings as the recipe writes them (``version`` and an empty ``extra`` left out)."""
+        d = {k: v for k, v in self.config.to_dict().items() if k != "version" and not (k == "extra" and not v)}
+        return d | ({"teacher": self.teacher} if self.teacher else {})
+
+    def key_settings(self) -> dict[str, Any]:
+        """The settings that change this pass's result (its stage key): no resume cadence, notes or gate."""
+        neutral = {"distill": set(RESUME_NEUTRAL), "eval": {"cache", "max_drop", "max_ppl_increase"},
+                   "save": {"keep_work_dir"}, "push": {"overwrite"}}.get(self.kind, {"extra"})
+        return {k: v for k, v in self.settings().items() if k not in neutral}
+
+
+# --- settings of one pass ---------------------------------------------------------------------------
+
+def _known_fields(kind: str, settings: dict[str, Any]) -> list[str]:
+    return [f.name for f in fields(_config_class(kind, settings))] + (["teacher"] if kind == "distill" else [])
+
+
+def _builder(kind: str) -> Callable[[dict[str, Any]], Any]:
+    return {"prune": PruneConfig.from_dict, "distill": DistillConfig.from_dict, "quantize": QuantConfig.from_dict,
+            "eval": EvalPass.from_dict, "save": SavePass.from_dict, "push": PushPass.from_dict}[kind]
+
+
+def _error(build: Callable[[dict[str, Any]], Any], d: dict[str, Any]) -> str | None:
+    try:
+        build(d)
+    except (ConfigError, ValueError, TypeError) as e:
+        return f"{type(e).__name__}: {e}" if isinstance(e, TypeError) else str(e)
+    return None
+
+
+def _wrong_type(kind: str, settings: dict[str, Any], field: str) -> str:
+    value = settings[field]
+    defaults = {f.name: f.default for f in fields(_config_class(kind, settings)) if f.default is not MISSING}
+    want = defaults.get(field)
+    hint = f"; e.g. {field}: {want!r}" if want not in (None, (), "") else ""
+    return f"{field}={value!r} has the wrong type ({type(value).__name__}){hint}"
+
+
+def _config_class(kind: str, settings: dict[str, Any]) -> type:
+    if kind == "quantize":
+        return METHOD_CONFIGS.get(settings.get("method", "rtn"), QuantConfig)
+    return {"prune": PruneConfig, "distill": DistillConfig, "eval": EvalPass, "save": SavePass, "push": PushPass}[kind]
+
+
+def _culprit(build: Callable[[dict[str, Any]], Any], d: dict[str, Any], message: str) -> str | None:
+    """The field an error is about: of the fields whose removal changes the error, the one the message
+    names first (``warmup_steps=50 must be smaller than steps=20`` is about warmup_steps)."""
+    involved = [k for k in d if k != "method" and _error(build, {j: v for j, v in d.items() if j != k}) != message]
+
+    def named_at(k: str) -> int:
+        found = re.search(rf"(?<![\w-]){re.escape(k)}\b", message)
+        return found.start() if found else len(message)
+
+    return min(involved, key=named_at) if involved else None
+
+
+def check_settings(kind: str, settings: dict[str, Any]) -> tuple[Any, list[tuple[str | None, str]]]:
+    """``(config or None, [(field, problem), ...])`` for one pass's settings. Every problem is found, not
+    just the first: after each error of the config class, the field it is about (the first one whose
+    removal changes the error) is set aside and the rest is checked again."""
+    if kind == "quantize" and settings.get("method", "rtn") not in SUPPORTED_METHODS:
+        return None, [("method", f"unknown method {settings['method']!r}; use one of {', '.join(SUPPORTED_METHODS)}")]
+    known = _known_fields(kind, settings)
+    problems: list[tuple[str | None, str]] = []
+    for k in settings:
+        if k not in known:
+            close = difflib.get_close_matches(str(k), known, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            problems.append((str(k), f"unknown field {k!r} of {kind}: {hint}known fields: {', '.join(known)}"))
+    d = {k: v for k, v in settings.items() if k in known and k != "teacher"}
+    build = _builder(kind)
+    while True:
+        message = _error(build, d)
+        if message is None:
+            return (build(d) if not problems else None), problems
+        culprit = _culprit(build, d, message)
+        if message.startswith("TypeError") and culprit is not None:
+            message = _wrong_type(kind, d, culprit)
+        problems.append((culprit, message))
+        if culprit is None:
+            return None, problems
+        d = {k: v for k, v in d.items() if k != culprit}
