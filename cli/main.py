@@ -22,6 +22,27 @@ app = typer.Typer(help="Compress Hugging Face causal LMs and check them at long 
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
+# options every evaluating command (quantize, prune, distill, eval) shares, spelled once
+def no_eval_option() -> Any:
+    return typer.Option(False, "--no-eval", help="skip the evaluation (and the gate)")
+
+
+def force_option() -> Any:
+    return typer.Option(False, "--force", help="save even if the gate fails (the failure is recorded)")
+
+
+def ppl_windows_option() -> Any:
+    return typer.Option(4, help="perplexity windows per length")
+
+
+def passkey_trials_option() -> Any:
+    return typer.Option(5, help="passkey trials (depths) per length")
+
+
+def samples_option() -> Any:
+    return typer.Option(5, help="prompts per RULER task and length")
+
+
 def _run(fn: Callable[[], Any]) -> Any:
     from compresskit import api
 
@@ -77,16 +98,16 @@ def quantize(
     skip: list[str] = typer.Option([], help="module name (or suffix) to keep in full precision; repeatable"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
     tasks: str = typer.Option(DEFAULT_TASKS, "--eval", help="evaluation tasks before and after: " + TASKS_HELP),
-    no_eval: bool = typer.Option(False, "--no-eval", help="skip the evaluation (and the gate)"),
+    no_eval: bool = no_eval_option(),
     lengths: str = typer.Option("1024", help="evaluation lengths in tokens, comma-separated"),
     max_drop: Optional[float] = typer.Option(None, help="gate: refuse to save if any task at any length drops by "
                                              "more than this many points (perplexity: percent)"),
     max_ppl_increase: Optional[float] = typer.Option(None, help="gate: allowed perplexity increase in percent "
                                                      "(default: --max-drop)"),
-    force: bool = typer.Option(False, "--force", help="save even if the gate fails (the failure is recorded)"),
-    ppl_windows: int = typer.Option(4, help="perplexity windows per length"),
-    passkey_trials: int = typer.Option(5, help="passkey trials (depths) per length"),
-    samples: int = typer.Option(5, help="prompts per RULER task and length"),
+    force: bool = force_option(),
+    ppl_windows: int = ppl_windows_option(),
+    passkey_trials: int = passkey_trials_option(),
+    samples: int = samples_option(),
     longbench: Optional[Path] = typer.Option(None, help="directory of LongBench jsonl files (for longbench:<dataset>)"),
     longbench_limit: Optional[int] = typer.Option(None, help="first N LongBench records per dataset"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the parent's scores computed before"),
@@ -194,9 +215,9 @@ def prune(
     tasks: str = typer.Option(PRUNE_TASKS, "--eval", help="evaluation tasks before and after: " + TASKS_HELP),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip the evaluation"),
     lengths: str = typer.Option("1024,2048", help="evaluation lengths in tokens, comma-separated"),
-    ppl_windows: int = typer.Option(4, help="perplexity windows per length"),
-    passkey_trials: int = typer.Option(5, help="passkey trials (depths) per length"),
-    samples: int = typer.Option(5, help="prompts per RULER task and length"),
+    ppl_windows: int = ppl_windows_option(),
+    passkey_trials: int = passkey_trials_option(),
+    samples: int = samples_option(),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the parent's scores computed before"),
     push_to_hub: Optional[str] = publish.push_to_hub_option(),
     private: bool = publish.private_option(),
@@ -284,16 +305,16 @@ def distill(
     seed: int = typer.Option(0, help="random seed (data windows and evaluation)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
     tasks: str = typer.Option(PRUNE_TASKS, "--eval", help="evaluation tasks (teacher, before, after): " + TASKS_HELP),
-    no_eval: bool = typer.Option(False, "--no-eval", help="skip the evaluation (and the gate)"),
+    no_eval: bool = no_eval_option(),
     lengths: str = typer.Option("", help="evaluation lengths, comma-separated (default: --seqlen)"),
     max_drop: Optional[float] = typer.Option(None, help="gate: refuse to save if any task at any length is more than "
                                              "this many points below the teacher (perplexity: percent)"),
     max_ppl_increase: Optional[float] = typer.Option(None, help="gate: allowed perplexity increase over the "
                                                      "teacher in percent (default: --max-drop)"),
-    force: bool = typer.Option(False, "--force", help="save even if the gate fails (the failure is recorded)"),
-    ppl_windows: int = typer.Option(4, help="perplexity windows per length"),
-    passkey_trials: int = typer.Option(5, help="passkey trials (depths) per length"),
-    samples: int = typer.Option(5, help="prompts per RULER task and length"),
+    force: bool = force_option(),
+    ppl_windows: int = ppl_windows_option(),
+    passkey_trials: int = passkey_trials_option(),
+    samples: int = samples_option(),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the teacher's scores computed before"),
     push_to_hub: Optional[str] = publish.push_to_hub_option(),
     private: bool = publish.private_option(),
@@ -392,8 +413,8 @@ def eval_cmd(
     max_ppl_increase: Optional[float] = typer.Option(None, help="allowed perplexity increase in percent"),
     output_dir: Optional[Path] = typer.Option(None, help="write report.json, report.md and PNG plots here"),
     ppl_windows: int = typer.Option(8, help="perplexity windows per length"),
-    passkey_trials: int = typer.Option(5, help="passkey trials (depths) per length"),
-    samples: int = typer.Option(5, help="prompts per RULER task and length"),
+    passkey_trials: int = passkey_trials_option(),
+    samples: int = samples_option(),
     longbench: Optional[Path] = typer.Option(None, help="directory of LongBench jsonl files (for longbench:<dataset>)"),
     longbench_limit: Optional[int] = typer.Option(None, help="first N LongBench records per dataset"),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse scores computed before for the same weights"),

@@ -16,17 +16,26 @@ def windows(tiny_tokenizer):
     return build_samples(tiny_tokenizer, "builtin", 6, 1000, seed=0)
 
 
-def test_an_exercise_hides_facts_and_asks_for_them(tiny_tokenizer, windows):
-    x = retrieval_exercise(tiny_tokenizer, windows[0], random.Random(3))
+@pytest.mark.parametrize("seed", range(6))
+def test_an_exercise_hides_facts_and_asks_for_them(tiny_tokenizer, windows, seed):
+    x = retrieval_exercise(tiny_tokenizer, windows[0], random.Random(seed))
     assert x.shape == windows[0].shape and x.dtype == windows.dtype
     text = tiny_tokenizer.decode(x)
-    facts = dict(((w, n), v) for w, n, v in re.findall(r"Note that the (.+?) of (\w+) is (\d+)\.", text))
+    told = re.findall(r"Note that the (.+?) of (\w+) is (\d+)\.", text)
     answers = re.findall(r"Question: What is the (.+?) of (\w+)\? Answer: The \1 of \2 is (\d+)\.", text)
-    assert 1 <= len(facts) <= 3 and len(answers) == len(facts)
-    assert {(w, n): v for w, n, v in answers} == facts  # every question is answered by its fact
+    assert told and text.count("Question:") == len(answers) == len(told)  # one question per fact, all parsed
+    assert sorted(answers) == sorted(told)  # every question is answered by its fact
     first_question = text.index("Question:")
-    assert all(text.index(f"of {n} is {v}") < first_question for (_, n), v in facts.items())  # told before asked
+    assert all(text.index(f"of {n} is {v}") < first_question for _, n, v in told)  # told before asked
     assert text.rstrip().endswith(".")  # the last answer is complete (the text's tail was dropped, not it)
+    plain = tiny_tokenizer.decode(windows[0])
+    assert text[:40] == plain[:40] or text.startswith(" Note that")  # the window's own text around the facts
+
+
+def test_exercises_hold_one_to_three_facts(tiny_tokenizer, windows):
+    counts = {len(re.findall("Note that the", tiny_tokenizer.decode(retrieval_exercise(
+        tiny_tokenizer, windows[1], random.Random(seed))))) for seed in range(20)}
+    assert counts == {1, 2, 3}
 
 
 def test_the_share_of_exercises_and_its_seed(tiny_tokenizer, windows):
