@@ -13,10 +13,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100
+from .fused_head import IGNORE, fused_head_sums
+
 
 
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
@@ -71,6 +73,17 @@ def _chunk_sums(student_head: Callable, teacher_head: Callable, temperature: flo
     return kl, ce
 
 
+def _plain_weight(head: Callable, hidden: torch.Tensor) -> torch.Tensor | None:
+    """The ``[vocab, hidden]`` weight of a bias-free ``nn.Linear`` head held whole in this process (not a
+    sharded / DTensor / quantized one), else None."""
+    if not isinstance(head, nn.Linear) or head.bias is not None:
+        return None
+    w = head.weight
+    if type(w.data) is not torch.Tensor or w.dim() != 2 or w.shape[1] != hidden.shape[-1] or not w.numel():
+        return None
+    return w
+
+
 def head_losses(
     student_hidden: torch.Tensor,
     teacher_hidden: torch.Tensor,
@@ -81,13 +94,17 @@ def head_losses(
     labels: torch.Tensor | None = None,
     chunk: int = 1024,
     recompute: bool = True,
+    fused: bool = True,
 ) -> HeadLossSums:
     """KL (and, with ``labels``, cross-entropy) sums from final hidden states ``[batch, seq, hidden]``.
 
     The heads map hidden states to logits (the models' lm_heads). ``chunk`` positions go through
-    them at a time (0: all at once); with ``recompute`` a chunk's logits are recomputed in the
-    backward pass instead of kept, so peak memory is one chunk's logits. The result equals the
-    unchunked computation (up to float summation order)."""
+    them at a time (0: all at once). When both heads are bias-free ``nn.Linear`` layers with whole
+    (unsharded) weights and ``fused`` is on, `fused_head.fused_head_sums` forms the gradient in the
+    forward pass (about half the work); otherwise autograd runs through the heads and, with
+    ``recompute``, a chunk's logits are recomputed in the backward pass instead of kept, so peak
+    memory is one chunk's logits. Either way the result equals the unchunked computation (up to
+    float summation order)."""
     if student_hidden.shape[:2] != teacher_hidden.shape[:2]:
         raise ValueError(f"student and teacher hidden states cover different positions: "
                          f"{tuple(student_hidden.shape)} vs {tuple(teacher_hidden.shape)}")
@@ -95,6 +112,11 @@ def head_losses(
         raise ValueError(f"labels {tuple(labels.shape)} do not match positions {tuple(student_hidden.shape[:2])}")
     batch, seq = student_hidden.shape[:2]
     with_ce = labels is not None
+    ws, wt = _plain_weight(student_head, student_hidden), _plain_weight(teacher_head, teacher_hidden)
+    if fused and ws is not None and wt is not None and ws.shape == wt.shape:
+        kl, ce = fused_head_sums(student_hidden, teacher_hidden, ws, wt, temperature=temperature, labels=labels,
+                                 chunk=chunk)
+        return HeadLossSums(kl, ce, batch * seq, int((labels != IGNORE).sum()) if with_ce else 0)
     lab = labels if with_ce else torch.full((batch, seq), IGNORE, dtype=torch.long, device=student_hidden.device)
     step = seq if chunk <= 0 else chunk
     kl_sum = ce_sum = None

@@ -55,9 +55,11 @@ def test_next_token_labels():
     assert next_token_labels(ids).tolist() == [[6, 7, 8, -100]]
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("chunk", [1, 3, 7, 0])
-def test_chunked_head_losses_equal_the_unchunked_computation(chunk):
-    """Values and gradients (w.r.t. hidden states and the student head) match the full-logit loss."""
+def test_chunked_head_losses_equal_the_unchunked_computation(chunk, fused):
+    """Values and gradients (w.r.t. hidden states and the student head) match the full-logit loss, on
+    the fused path (gradient formed in the forward pass) and through autograd."""
     g = torch.Generator().manual_seed(0)
     hidden, vocab, batch, seq = 16, 50, 2, 13
     s_head, t_head = torch.nn.Linear(hidden, vocab, bias=False), torch.nn.Linear(hidden, vocab, bias=False)
@@ -65,7 +67,7 @@ def test_chunked_head_losses_equal_the_unchunked_computation(chunk):
     th = torch.randn(batch, seq, hidden, generator=g)
     ids = torch.randint(0, vocab, (batch, seq), generator=g)
     labels = next_token_labels(ids)
-    sums = head_losses(sh, th, s_head, t_head, temperature=2.0, labels=labels, chunk=chunk)
+    sums = head_losses(sh, th, s_head, t_head, temperature=2.0, labels=labels, chunk=chunk, fused=fused)
     loss = sums.kl_mean() + 0.5 * sums.ce_mean()
     loss.backward()
     grads = (sh.grad.clone(), s_head.weight.grad.clone())
@@ -76,13 +78,14 @@ def test_chunked_head_losses_equal_the_unchunked_computation(chunk):
     ce = F.cross_entropy(s_logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1))
     (kl + 0.5 * ce).backward()
     assert sums.kl_tokens == batch * seq and sums.ce_tokens == batch * (seq - 1)
-    assert torch.allclose(sums.kl_mean(), kl, atol=1e-6) and torch.allclose(sums.ce_mean(), ce, atol=1e-6)
+    assert torch.allclose(sums.kl_mean(), kl, atol=1e-5) and torch.allclose(sums.ce_mean(), ce, atol=1e-5)
     assert torch.allclose(grads[0], sh.grad, atol=1e-6) and torch.allclose(grads[1], s_head.weight.grad, atol=1e-6)
     assert t_head.weight.grad is None  # the teacher never gets a gradient
 
 
 def test_chunks_keep_only_one_chunk_of_logits_for_backward():
-    """With recomputation, the tensors saved for backward are the hidden-state chunks, not [seq, vocab]."""
+    """With recomputation (the autograd path), the tensors saved for backward are the hidden-state
+    chunks, not [seq, vocab]."""
     hidden, vocab, seq = 8, 1000, 64
     head = torch.nn.Linear(hidden, vocab, bias=False)
     sh = torch.randn(1, seq, hidden, requires_grad=True)
@@ -94,7 +97,7 @@ def test_chunks_keep_only_one_chunk_of_logits_for_backward():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        head_losses(sh, th, head, head, chunk=8).kl_mean()
+        head_losses(sh, th, head, head, chunk=8, fused=False).kl_mean()
     assert max(saved) < seq * vocab / 4  # nothing close to the full logits
 
 
@@ -143,4 +146,4 @@ def test_objective_compares_each_pruned_layer_with_the_teacher_layer_it_came_fro
     assert both["hidden"] > 1e-4
     with torch.no_grad():  # the KL part equals the KL of the full logits of the two models
         ref = token_kl(student(ids).logits, teacher(ids).logits).mean()
-    assert both["kl"] == pytest.approx(float(ref), rel=1e-5)
+    assert both["kl"] == pytest.approx(float(ref), rel=1e-4)  # float32 sums in another order
