@@ -228,8 +228,10 @@ void ck_int8_rows(const float *x, int64_t M, int64_t K, const int8_t *w, const f
    CH * 255 * 32767 < 2^31) and are scaled to float at its end. The result is the float formula above
    applied to the quantized activations (xs sums the quantized values too), so the only error is the
    activation rounding: relative errors of ~1e-5. Three integer ops and a multiply-add per pair of
-   weights, against a mask, a convert and an FMA per weight in the float kernel. */
-#if defined(__AVX2__)
+   weights, against a mask, a convert and an FMA per weight in the float kernel. The tiles are those
+   of an AVX2 build (NB = 32); an AVX-512 build (NB = 64) reports ck_has_i16() = 0 and serves every
+   layer with the float kernel. */
+#if defined(__AVX2__) && !defined(__AVX512F__)
 #include <immintrin.h>
 #define CH 128
 #define HPF 2 /* quads of head rows prefetched ahead */
