@@ -1,4 +1,5 @@
-"""Writing a bench script's results: ``OUT.md`` (the table) and ``OUT.json`` (settings and rows).
+"""What bench scripts share: timing a call (`median_time`) and writing results, ``OUT.md`` (the table)
+and ``OUT.json`` (settings and rows).
 
 Bench scripts are run by path (``python bench/prune.py``), so this sits beside them and is imported
 as ``_results``.
@@ -6,8 +7,24 @@ as ``_results``.
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+
+def median_time(fn: Callable[[], Any], repeats: int, sync: Callable[[], Any] = lambda: None) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call; ``sync`` (e.g.
+    ``torch.cuda.synchronize``) runs after each call so queued GPU work is counted."""
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 def write_results(out: str | Path, md: str, data: dict[str, Any], echo: bool = False) -> None:

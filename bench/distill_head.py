@@ -13,21 +13,9 @@ Writes bench/results/distill-head.{md,json}.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
-from _results import write_results  # bench/_results.py (scripts run by path)
-
-
-def _time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from _results import median_time, write_results  # bench/_results.py (scripts run by path)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -49,7 +37,7 @@ def run(args: argparse.Namespace) -> dict:
                 def step() -> None:
                     sh.grad, s_head.weight.grad = None, None
                     head_losses(sh, th, s_head, t_head, chunk=args.chunk, fused=fused).kl_mean().backward()
-                seconds["fused" if fused else "autograd"] = _time(step, args.repeats)
+                seconds["fused" if fused else "autograd"] = median_time(step, args.repeats)
             row = {"length": length, "head": "trained" if trained else "frozen", **seconds,
                    "speedup": seconds["autograd"] / seconds["fused"]}
             print(row, flush=True)

@@ -18,33 +18,19 @@ Writes bench/results/kernels_{cpu,gpu}.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from _results import median_time, write_results  # bench/_results.py (scripts run by path)
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def _write(name: str, md: str, data: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.md").write_text(md)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
-    print(md)
-
-
-def _median_time(fn, repeats: int, sync=lambda: None) -> float:
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    write_results(RESULTS / name, md, data, echo=True)
 
 
 # --- CPU ---------------------------------------------------------------------------------------
@@ -223,11 +209,11 @@ def _cpu_layers(args) -> list[dict]:
         for rows in args.layer_rows:
             x = torch.randn(rows, k)
             row = {"shape": f"{k}x{n}", "rows": rows,
-                   "fp32_us": _median_time(lambda: torch.nn.functional.linear(x, w), args.layer_repeats) * 1e6}
+                   "fp32_us": median_time(lambda: torch.nn.functional.linear(x, w), args.layer_repeats) * 1e6}
             for b, st in states.items():
                 if b == "cpu_int4pack" and rows > 64:
                     continue  # seconds per call here
-                row[f"{b}_us"] = _median_time(lambda: backends.BACKENDS[b].forward(st, x, None),
+                row[f"{b}_us"] = median_time(lambda: backends.BACKENDS[b].forward(st, x, None),
                                               args.layer_repeats) * 1e6
             out.append(row)
     return out
@@ -311,8 +297,8 @@ def gpu_section(args, dry_run: bool) -> None:
             wbytes = sum(t.numel() * t.element_size() for t in (w.qweight, w.qhigh, w.scales, w.zeros))
             for rows in rows_list:
                 x = torch.randn(rows, k, device=device).half()
-                t_fp = _median_time(lambda: torch.matmul(x, dense.t()), repeats, sync)
-                t_q = _median_time(lambda: triton_kernels.matmul(x, w), repeats, sync)
+                t_fp = median_time(lambda: torch.matmul(x, dense.t()), repeats, sync)
+                t_q = median_time(lambda: triton_kernels.matmul(x, w), repeats, sync)
                 moved = wbytes + x.numel() * 2 + rows * n * 2
                 out.append({"shape": f"{k}x{n}", "bits": bits, "rows": rows, "fp16_us": t_fp * 1e6,
                             "kernel_us": t_q * 1e6, "speedup": t_fp / t_q, "gb_s": moved / t_q / 1e9,
@@ -337,7 +323,7 @@ def _copy_bandwidth(device, sync, dry_run: bool) -> float:
     n = (1 << 20) if dry_run else (1 << 28)  # 1 GiB of fp32 on the GPU
     src = torch.empty(n, device=device)
     dst = torch.empty_like(src)
-    t = _median_time(lambda: dst.copy_(src), 3 if dry_run else 20, sync)
+    t = median_time(lambda: dst.copy_(src), 3 if dry_run else 20, sync)
     return 2 * n * 4 / t / 1e9  # read + write
 
 

@@ -81,23 +81,22 @@ class _FusedHeadLosses(torch.autograd.Function):
                     grads[f"h_{name}"][a:a + step] = (g.to(ws.dtype) @ ws).to(sh.dtype)
                 if need_w:
                     grads[f"w_{name}"].addmm_(g.T, h.float())
-        ctx.grads, ctx.w_dtype = grads, ws.dtype
+        ctx.grads, ctx.dtypes = grads, {"h": sh.dtype, "w": ws.dtype}
         return kl, ce
 
     @staticmethod
     def backward(ctx, go_kl, go_ce):
         g, ctx.grads = ctx.grads, None
 
-        def combine(kind: str, dtype: torch.dtype):
+        def combine(kind: str):
             if f"{kind}_kl" not in g:
                 return None
             out = g[f"{kind}_kl"] * go_kl
             if g[f"{kind}_ce"] is not None:
                 out = out + g[f"{kind}_ce"] * go_ce
-            return out.to(dtype)
+            return out.to(ctx.dtypes[kind])
 
-        grad_h = combine("h", g["h_kl"].dtype) if "h_kl" in g else None
-        return grad_h, None, combine("w", ctx.w_dtype), None, None, None, None, None
+        return combine("h"), None, combine("w"), None, None, None, None, None
 
 
 def fused_head_sums(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_weight: torch.Tensor,

@@ -20,7 +20,6 @@ from torch.utils.checkpoint import checkpoint
 from .fused_head import IGNORE, fused_head_sums
 
 
-
 def _check_pair(student: torch.Tensor, teacher: torch.Tensor, what: str) -> None:
     if student.shape != teacher.shape:
         raise ValueError(f"student and teacher {what} differ in shape: {tuple(student.shape)} vs "
@@ -112,11 +111,12 @@ def head_losses(
         raise ValueError(f"labels {tuple(labels.shape)} do not match positions {tuple(student_hidden.shape[:2])}")
     batch, seq = student_hidden.shape[:2]
     with_ce = labels is not None
+    ce_tokens = int((labels != IGNORE).sum()) if with_ce else 0
     ws, wt = _plain_weight(student_head, student_hidden), _plain_weight(teacher_head, teacher_hidden)
     if fused and ws is not None and wt is not None and ws.shape == wt.shape:
         kl, ce = fused_head_sums(student_hidden, teacher_hidden, ws, wt, temperature=temperature, labels=labels,
                                  chunk=chunk)
-        return HeadLossSums(kl, ce, batch * seq, int((labels != IGNORE).sum()) if with_ce else 0)
+        return HeadLossSums(kl, ce, batch * seq, ce_tokens)
     lab = labels if with_ce else torch.full((batch, seq), IGNORE, dtype=torch.long, device=student_hidden.device)
     step = seq if chunk <= 0 else chunk
     kl_sum = ce_sum = None
@@ -130,7 +130,6 @@ def head_losses(
             kl, ce = _chunk_sums(student_head, teacher_head, temperature, with_ce, *args)
         kl_sum = kl if kl_sum is None else kl_sum + kl
         ce_sum = ce if ce_sum is None else ce_sum + ce
-    ce_tokens = int((lab != IGNORE).sum()) if with_ce else 0
     return HeadLossSums(kl_sum, ce_sum, batch * seq, ce_tokens)
 
 
