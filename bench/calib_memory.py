@@ -27,7 +27,7 @@ def run_one(nsamples: int, seqlen: int, blocks: int, epochs: int) -> dict:
     import torch
 
     import compresskit
-    from compresskit.core.config import OmniQuantConfig
+    from compresskit.quant.omniquant import OmniQuantConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = compresskit.load_model("smollm2-135m", device=device)

@@ -39,7 +39,9 @@ def run_one(args: argparse.Namespace) -> dict:
     import torch
 
     import compresskit
-    from compresskit.core.config import GPTQConfig, OmniQuantConfig, QuantConfig
+    from compresskit.core.config import QuantConfig
+    from compresskit.quant.gptq import GPTQConfig
+    from compresskit.quant.omniquant import OmniQuantConfig
 
     method, name = args.one.split(":")
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -10,12 +10,13 @@ Example::
 from .retrieval import retrieval_exercise, with_retrieval
 from .samples import build_samples, sample_windows, token_stream
 from .source import ACCEPTED_FORMS, CalibSource, parse_source
-from .texts import DATA_DIR, builtin_texts, heldout_text, load_texts
+from .texts import DATA_DIR, DatasetLoadError, builtin_texts, heldout_text, load_texts
 
 __all__ = [
     "ACCEPTED_FORMS",
     "CalibSource",
     "DATA_DIR",
+    "DatasetLoadError",
     "build_samples",
     "builtin_texts",
     "heldout_text",

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from ..core.errors import ConfigError, InputError
+
 WHATS = ("locker code", "room number", "account number", "serial number", "ticket number", "order number")
 NAMES = ("Maria", "Kenji", "Olga", "Tomas", "Aisha", "Pedro", "Ingrid", "Rahul", "Chen", "Fatima", "Lars", "Nadia",
          "Omar", "Elena", "Yusuf", "Greta", "Ravi", "Sofia", "Hugo", "Leila")
@@ -40,7 +42,7 @@ def retrieval_exercise(tokenizer: Any, window: torch.Tensor, rng: random.Random)
     tail = [t for w, n, v in asked for t in _encode(tokenizer, QUESTION.format(what=w, name=n, value=v))]
     n_text = length - len(tail) - sum(map(len, inserts))
     if n_text < length // 2:
-        raise ValueError(f"a {length}-token window is too short for retrieval exercises (need about "
+        raise InputError(f"a {length}-token window is too short for retrieval exercises (need about "
                          f"{2 * (length - n_text)} tokens); use longer sequences or retrieval_mix=0")
     text = window[:n_text].tolist()
     cuts = sorted(rng.randint(0, n_text) for _ in inserts)
@@ -56,7 +58,7 @@ def retrieval_exercise(tokenizer: Any, window: torch.Tensor, rng: random.Random)
 def with_retrieval(tokenizer: Any, windows: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
     """``windows`` ([n, L]) with ``round(fraction * n)`` of them (chosen by ``seed``) made retrieval exercises."""
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction={fraction} must lie in [0, 1]")
+        raise ConfigError(f"fraction={fraction} must lie in [0, 1]")
     rng = random.Random(seed)
     n = windows.shape[0]
     chosen = set(rng.sample(range(n), round(fraction * n)))

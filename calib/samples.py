@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ..core.errors import ConfigError, InputError
 from .source import CalibSource, parse_source
 from .texts import load_texts
 
@@ -67,19 +68,19 @@ def build_samples(
 ) -> torch.LongTensor:
     """A ``[nsamples, seqlen]`` long tensor of calibration windows drawn from ``source`` (deterministic per seed).
 
-    Raises ValueError when ``nsamples < 1``, ``seqlen < 2`` or the source has fewer than ``seqlen`` tokens.
+    Raises `ConfigError` when ``nsamples < 1`` or ``seqlen < 2``, `InputError` when the source has fewer than ``seqlen`` tokens.
     Warns once when ``nsamples * seqlen`` exceeds the token stream (windows then overlap).
     ``model`` is needed only for the ``"generated"`` source.
     """
     if nsamples < 1:
-        raise ValueError(f"nsamples must be >= 1, got {nsamples}")
+        raise ConfigError(f"nsamples must be >= 1, got {nsamples}")
     if seqlen < 2:
-        raise ValueError(f"seqlen must be >= 2, got {seqlen}")
+        raise ConfigError(f"seqlen must be >= 2, got {seqlen}")
     src = parse_source(source)
     stream = token_stream(tokenizer, _source_texts(tokenizer, src, nsamples, seqlen, seed, model))
     n_tokens = stream.numel()
     if n_tokens < seqlen:
-        raise ValueError(
+        raise InputError(
             f"calibration source {src} has only {n_tokens} tokens, fewer than seqlen={seqlen}; "
             f"use a longer source or a smaller seqlen"
         )

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..core.errors import InputError, MissingFileError
+
 SourceKind = Literal["builtin", "file", "generated", "hf"]
 KINDS: tuple[str, ...] = ("builtin", "file", "generated", "hf")
 FILE_SUFFIXES: tuple[str, ...] = (".txt", ".jsonl", ".json")
@@ -38,7 +40,7 @@ def split_field(value: str) -> tuple[str, str | None]:
     if not sep:
         return value, None
     if not field or not body:
-        raise ValueError(f"empty field or body in calibration source {value!r}; expected 'BODY#FIELD'")
+        raise InputError(f"empty field or body in calibration source {value!r}; expected 'BODY#FIELD'")
     return body, field
 
 
@@ -51,11 +53,11 @@ class CalibSource:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"unknown calibration source kind {self.kind!r}; {ACCEPTED_FORMS}")
+            raise InputError(f"unknown calibration source kind {self.kind!r}; {ACCEPTED_FORMS}")
         if self.kind in ("builtin", "generated") and self.value is not None:
-            raise ValueError(f"calibration source kind {self.kind!r} takes no value, got {self.value!r}")
+            raise InputError(f"calibration source kind {self.kind!r} takes no value, got {self.value!r}")
         if self.kind in ("file", "hf") and (not isinstance(self.value, str) or not self.value):
-            raise ValueError(f"calibration source kind {self.kind!r} needs a non-empty value")
+            raise InputError(f"calibration source kind {self.kind!r} needs a non-empty value")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict, inverse of `from_dict`."""
@@ -65,7 +67,7 @@ class CalibSource:
     def from_dict(cls, d: dict[str, Any]) -> CalibSource:
         """Rebuild a source from `to_dict` output."""
         if "kind" not in d:
-            raise ValueError(f"calibration source dict needs a 'kind' key, got keys {sorted(d)}")
+            raise InputError(f"calibration source dict needs a 'kind' key, got keys {sorted(d)}")
         return cls(kind=d["kind"], value=d.get("value"))
 
     def __str__(self) -> str:
@@ -107,20 +109,20 @@ def _parse_hf(value: str) -> tuple[str, str | None, str]:
     parts = body.split(":", 2)
     name = parts[0].strip()
     if not name:
-        raise ValueError(f"empty dataset name in 'hf:{value}'; {ACCEPTED_FORMS}")
+        raise InputError(f"empty dataset name in 'hf:{value}'; {ACCEPTED_FORMS}")
     config = parts[1].strip() if len(parts) > 1 and parts[1].strip() else None
     split = parts[2].strip() if len(parts) > 2 and parts[2].strip() else "train"
     return name, config, split
 
 
 def _check_file(value: str) -> None:
-    """Raise FileNotFoundError for a missing path, ValueError for an unsupported file type."""
+    """Raise `MissingFileError` for a missing path, `InputError` for an unsupported file type."""
     path_str, _ = _file_parts(value)
     path = Path(path_str).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"calibration source file not found: {path_str}")
+        raise MissingFileError(f"calibration source file not found: {path_str}")
     if path.is_file() and path.suffix.lower() not in FILE_SUFFIXES:
-        raise ValueError(f"unsupported calibration file type {path.suffix!r} for {path_str}; expected one of {FILE_SUFFIXES}")
+        raise InputError(f"unsupported calibration file type {path.suffix!r} for {path_str}; expected one of {FILE_SUFFIXES}")
 
 
 def _plain_path(spec: str) -> str:
@@ -132,7 +134,7 @@ def _plain_path(spec: str) -> str:
 
 
 def _looks_like_path(spec: str) -> bool:
-    """Heuristic: a spec meant as a path (so a missing one is FileNotFoundError, not ValueError)."""
+    """Heuristic: a spec meant as a path (so a missing one is `MissingFileError`, not `InputError`)."""
     body = spec.rpartition("#")[0] or spec
     return any(s in body for s in ("/", "\\", "~")) or body.lower().endswith(FILE_SUFFIXES)
 
@@ -140,7 +142,8 @@ def _looks_like_path(spec: str) -> bool:
 def parse_source(spec: str | CalibSource) -> CalibSource:
     """Turn a spec string (or an existing `CalibSource`) into a validated `CalibSource`.
 
-    Raises ValueError (listing the accepted forms) for an unknown spec and FileNotFoundError for a missing file.
+    Raises `InputError` (a ``ValueError``, listing the accepted forms) for an unknown spec and `MissingFileError`
+    (a ``FileNotFoundError``) for a missing file.
     """
     if isinstance(spec, CalibSource):
         if spec.kind == "file":
@@ -161,12 +164,12 @@ def parse_source(spec: str | CalibSource) -> CalibSource:
     if low.startswith("file:"):
         value = s[5:]
         if not value:
-            raise ValueError(f"'file:' needs a path; {ACCEPTED_FORMS}")
+            raise InputError(f"'file:' needs a path; {ACCEPTED_FORMS}")
         _check_file(value)
         return CalibSource("file", value)
     if s and os.path.exists(os.path.expanduser(_plain_path(s))):
         _check_file(s)
         return CalibSource("file", s)
     if s and _looks_like_path(s):
-        raise FileNotFoundError(f"calibration source file not found: {_plain_path(s)}")
-    raise ValueError(f"unrecognised calibration source {spec!r}; {ACCEPTED_FORMS}")
+        raise MissingFileError(f"calibration source file not found: {_plain_path(s)}")
+    raise InputError(f"unrecognised calibration source {spec!r}; {ACCEPTED_FORMS}")

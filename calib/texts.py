@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 import torch
 
+from ..core.errors import CompresskitError, ConfigError, InputError, MissingFileError
 from ..core.fsutil import iter_jsonl
 from .source import DEFAULT_FIELD, FILE_SUFFIXES, CalibSource, parse_source
 
@@ -19,13 +20,17 @@ SPLITS: tuple[str, ...] = ("train", "heldout")
 GEN_BATCH_SIZE = 16  # sequences generated per `model.generate` call for the "generated" source
 
 
+class DatasetLoadError(CompresskitError, RuntimeError):
+    """A Hugging Face dataset source could not be loaded (unknown name, config or split; offline; no network)."""
+
+
 def builtin_texts(split: Literal["train", "heldout"] = "train") -> list[str]:
     """The shipped documents of ``split``, one string per ``*.txt`` file (sorted by file name).
 
     ``train`` is for calibration; ``heldout`` is reserved for evaluation and is never used for calibration.
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown builtin split {split!r}; expected one of {SPLITS}")
+        raise InputError(f"unknown builtin split {split!r}; expected one of {SPLITS}")
     folder = DATA_DIR / split
     texts = [_read_txt(p) for p in sorted(folder.glob("*.txt"))]
     texts = [t for t in texts if t.strip()]
@@ -50,12 +55,12 @@ def _record_text(record: Any, field: str, where: str) -> str:
         return record
     if isinstance(record, dict):
         if field not in record:
-            raise ValueError(f"{where}: record has no field {field!r} (fields: {sorted(record)}); use 'file:PATH#FIELD'")
+            raise InputError(f"{where}: record has no field {field!r} (fields: {sorted(record)}); use 'file:PATH#FIELD'")
         value = record[field]
         if not isinstance(value, str):
-            raise ValueError(f"{where}: field {field!r} is {type(value).__name__}, expected a string")
+            raise InputError(f"{where}: field {field!r} is {type(value).__name__}, expected a string")
         return value
-    raise ValueError(f"{where}: expected a JSON object or string, got {type(record).__name__}")
+    raise InputError(f"{where}: expected a JSON object or string, got {type(record).__name__}")
 
 
 def _read_jsonl(path: Path, field: str) -> list[str]:
@@ -65,7 +70,10 @@ def _read_jsonl(path: Path, field: str) -> list[str]:
 
 def _read_json(path: Path, field: str) -> list[str]:
     """A JSON file holding a list of strings/records, or one record whose field is a string or list of strings."""
-    data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
     if isinstance(data, list):
         return [_record_text(r, field, f"{path}[{i}]") for i, r in enumerate(data)]
     if isinstance(data, dict) and isinstance(data.get(field), list):
@@ -82,18 +90,18 @@ def _read_one(path: Path, field: str) -> list[str]:
         return _read_jsonl(path, field)
     if suffix == ".json":
         return _read_json(path, field)
-    raise ValueError(f"unsupported calibration file type {suffix!r} for {path}; expected one of {FILE_SUFFIXES}")
+    raise InputError(f"unsupported calibration file type {suffix!r} for {path}; expected one of {FILE_SUFFIXES}")
 
 
 def file_texts(src: CalibSource) -> list[str]:
     """Documents from a ``file`` source: one file, or every supported file under a directory (sorted, recursive)."""
     path, field = src.path, src.field
     if not path.exists():
-        raise FileNotFoundError(f"calibration source file not found: {path}")
+        raise MissingFileError(f"calibration source file not found: {path}")
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FILE_SUFFIXES)
         if not files:
-            raise ValueError(f"calibration directory {path} holds no {'/'.join(FILE_SUFFIXES)} files")
+            raise InputError(f"calibration directory {path} holds no {'/'.join(FILE_SUFFIXES)} files")
     else:
         files = [path]
     texts = [t for f in files for t in _read_one(f, field)]
@@ -105,7 +113,7 @@ def _start_token_id(model: Any, tokenizer: Any) -> int:
     for tid in (tokenizer.bos_token_id, getattr(model.config, "bos_token_id", None), tokenizer.eos_token_id):
         if isinstance(tid, int):
             return tid
-    raise ValueError("the 'generated' calibration source needs a tokenizer or model config with a BOS or EOS token id")
+    raise InputError("the 'generated' calibration source needs a tokenizer or model config with a BOS or EOS token id")
 
 
 @torch.no_grad()
@@ -115,7 +123,7 @@ def generate_texts(model: Any, tokenizer: Any, n_generated: int, gen_tokens: int
     Uses ``torch.manual_seed(seed)``, temperature 1.0, no top-k / top-p truncation, batches of `GEN_BATCH_SIZE`.
     """
     if n_generated < 1 or gen_tokens < 1:
-        raise ValueError(f"n_generated and gen_tokens must be >= 1, got {n_generated} and {gen_tokens}")
+        raise ConfigError(f"n_generated and gen_tokens must be >= 1, got {n_generated} and {gen_tokens}")
     start = _start_token_id(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start
     device = next(model.parameters()).device
@@ -133,7 +141,7 @@ def generate_texts(model: Any, tokenizer: Any, n_generated: int, gen_tokens: int
 
 
 def hf_texts(src: CalibSource) -> list[str]:
-    """Non-empty rows of the text column of a Hugging Face dataset; RuntimeError if it cannot be loaded."""
+    """Non-empty rows of the text column of a Hugging Face dataset; `DatasetLoadError` if it cannot be loaded."""
     name, config, split = src.hf_args()
     field = src.field
     try:
@@ -141,14 +149,14 @@ def hf_texts(src: CalibSource) -> list[str]:
 
         ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # network, offline mode, unknown name/config/split: all surface the same way
-        raise RuntimeError(
+        raise DatasetLoadError(
             f"could not load Hugging Face dataset {name!r} (config={config!r}, split={split!r}): "
             f"{type(e).__name__}: {e}. If the Hub is unreachable, save the text locally and use a file source "
             f"instead, e.g. 'file:corpus.txt', 'file:data.jsonl' or 'file:DIR' (or 'builtin')."
         ) from e
     columns = list(getattr(ds, "column_names", None) or [])
     if field not in columns:
-        raise ValueError(f"dataset {name!r} has no column {field!r} (columns: {columns}); use 'hf:...#COLUMN'")
+        raise InputError(f"dataset {name!r} has no column {field!r} (columns: {columns}); use 'hf:...#COLUMN'")
     return [t for t in ds[field] if isinstance(t, str) and t.strip()]
 
 
@@ -173,8 +181,8 @@ def load_texts(
     if src.kind == "hf":
         return hf_texts(src)
     if model is None or tokenizer is None:
-        raise ValueError("the 'generated' calibration source needs both model= and tokenizer= (it samples text from the model)")
+        raise InputError("the 'generated' calibration source needs both model= and tokenizer= (it samples text from the model)")
     return generate_texts(model, tokenizer, n_generated, gen_tokens, seed)
 
 
-__all__ = ["DATA_DIR", "DEFAULT_FIELD", "builtin_texts", "heldout_text", "load_texts", "file_texts", "generate_texts", "hf_texts"]
+__all__ = ["DATA_DIR", "DEFAULT_FIELD", "DatasetLoadError", "builtin_texts", "heldout_text", "load_texts", "file_texts", "generate_texts", "hf_texts"]

@@ -1,95 +1,95 @@
-"""The ``compresskit`` command line. It calls only the Python API (compresskit.api)."""
+"""The ``compresskit`` command line. It calls only the Python API (compresskit.api).
+
+``quantize``, ``prune`` and ``distill`` each build a one-pass recipe (the pass, an evaluation against the
+parent with its gate, save, push) and run it through the same runner as ``compresskit run``, in memory
+(compresskit.api.run_pass); this module turns options into that recipe and prints the result.
+"""
 from __future__ import annotations
 
 import json
-import os
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
 
-from .render import (
-    comparison_table, console, distill_table, err_console, gate_table, info_table, progress_bar, report_table, rows_table,
-    status,
-)
+from compresskit import api
 
-from . import publish  # noqa: E402  (export, push, and the --push-to-hub step of the commands that save)
-from . import recipe  # noqa: E402  (run: recipes)
+from . import apply as apply_cmd  # apply: any registered pass
+from . import publish  # export, push
+from . import recipe  # run: recipes
+from .common import (
+    csv, force_option, no_eval_option, passkey_trials_option, ppl_windows_option, print_push, private_option,
+    push_to_hub_option, run_user, samples_option, token_option,
+)
+from .render import (
+    comparison_table, console, distill_table, err_console, gate_table, info_table, phase_progress, progress_bar,
+    report_table, rows_table, status,
+)
 
 app = typer.Typer(help="Compress Hugging Face causal LMs and check them at long context.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-
-# options every evaluating command (quantize, prune, distill, eval) shares, spelled once
-def no_eval_option() -> Any:
-    return typer.Option(False, "--no-eval", help="skip the evaluation (and the gate)")
-
-
-def force_option() -> Any:
-    return typer.Option(False, "--force", help="save even if the gate fails (the failure is recorded)")
-
-
-def ppl_windows_option() -> Any:
-    return typer.Option(4, help="perplexity windows per length")
-
-
-def passkey_trials_option() -> Any:
-    return typer.Option(5, help="passkey trials (depths) per length")
-
-
-def samples_option() -> Any:
-    return typer.Option(5, help="prompts per RULER task and length")
-
-
-def _run(fn: Callable[[], Any]) -> Any:
-    from compresskit import api
-
-    try:
-        return fn()
-    except api.USER_ERRORS as e:
-        if os.environ.get("COMPRESSKIT_DEBUG"):
-            raise  # the full traceback, for bug reports
-        # escaped: a path like "runs/[v2]" is text, not rich markup; soft_wrap: one line even when piped
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
-        raise typer.Exit(2)
-
-
-def _csv(value: str, cast: Callable[[str], Any] = str) -> list[Any]:
-    try:
-        return [cast(v.strip()) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected a comma-separated list, got {value!r}")
-
-
-def _evaluate(api: Any, model: Any, tokenizer: Any, label: str, opts: dict[str, Any]):
-    """Evaluate with a progress bar (rows reused from the cache advance it at once)."""
-    text = api.heldout_text()
-    total = api.eval_units(tokenizer, opts["tasks"], opts["lengths"], text=text, ppl_windows=opts["ppl_windows"],
-                           passkey_trials=opts["passkey_trials"], samples=opts["samples"],
-                           longbench_path=opts["longbench_path"], longbench_limit=opts["longbench_limit"])
-    with progress_bar(f"evaluating {label}", total) as advance:
-        return api.evaluate(model, tokenizer, text=text, progress=advance, **opts)
-
-
-def _eval_opts(tasks: str, lengths: str, ppl_windows: int, passkey_trials: int, samples: int, seed: int,
-               longbench: Optional[Path], longbench_limit: Optional[int], cache: bool) -> dict[str, Any]:
-    return dict(tasks=_csv(tasks), lengths=_csv(lengths, int), ppl_windows=ppl_windows,
-                passkey_trials=passkey_trials, samples=samples, seed=seed, longbench_path=longbench,
-                longbench_limit=longbench_limit, cache=cache)
-
-
 TASKS_HELP = ("comma-separated: ppl, passkey, niah (= niah_single_1), niah_single_1..3, niah_multikey_1..3, "
               "niah_multivalue, niah_multiquery, vt, cwe, fwe, longbench:<dataset>")
 DEFAULT_TASKS = "ppl,passkey,niah_single_1,niah_multikey_1,vt,cwe"
+PRUNE_TASKS = "ppl,passkey,niah_single_1"
+
+
+def _eval_settings(tasks: str, lengths: str, ppl_windows: int, passkey_trials: int, samples: int, seed: int,
+                   longbench: Optional[Path], longbench_limit: Optional[int], cache: bool) -> Any:
+    return api.eval_settings(tasks=csv(tasks), lengths=csv(lengths, int), ppl_windows=ppl_windows,
+                             passkey_trials=passkey_trials, samples=samples, seed=seed,
+                             longbench_path=None if longbench is None else str(longbench),
+                             longbench_limit=longbench_limit, cache=cache)
+
+
+def _evaluate(model: Any, tokenizer: Any, label: str, settings: Any):
+    """Evaluate with a progress bar (rows reused from the cache advance it at once)."""
+    text = api.heldout_text()
+    with progress_bar(f"evaluating {label}", api.eval_units(tokenizer, settings, text)) as advance:
+        return api.evaluate(model, tokenizer, settings, text=text, progress=advance)
+
+
+def _evaluation(no_eval: bool, settings: Any, max_drop: Optional[float] = None,
+                max_ppl_increase: Optional[float] = None, baseline: Optional[str] = None) -> Optional[dict[str, Any]]:
+    """The eval pass of a one-pass recipe (None with --no-eval)."""
+    if no_eval:
+        return None
+    return settings.to_dict() | {"max_drop": max_drop, "max_ppl_increase": max_ppl_increase, "baseline": baseline}
+
+
+def _push(push_to_hub: Optional[str], private: bool) -> Optional[dict[str, Any]]:
+    return None if not push_to_hub else {"repo": push_to_hub, "private": private}
+
+
+def _run_pass(model: str, output: Path, kind: str, config: Any, **kw: Any) -> Any:
+    """Run the one-pass recipe with a line per phase; a failing gate prints what failed and exits 3."""
+    with phase_progress() as on_event:
+        return run_user(lambda: api.run_pass(model, output, kind, config, progress=on_event, **kw))
+
+
+def _gate_failed(e: Any, table: Any) -> None:
+    console.print(table)
+    err_console.print(f"[bold red]not saved:[/] gate {escape(e.comparison.summary())}; report in "
+                      f"{escape(str(e.report))}; rerun with --force to save anyway", soft_wrap=True)
+    raise typer.Exit(3)
+
+
+def _finish(result: Any) -> None:
+    """The gate line and the push, after the table."""
+    comparison = result.comparison
+    if comparison is not None and comparison.gate is not None:
+        console.print(f"gate: {escape(comparison.summary())}" + (" (saved with --force)" if not comparison.passed else ""))
+    if result.push is not None:
+        print_push(result.push)
 
 
 @app.command()
 def quantize(
     model: str = typer.Argument(..., help="embedded model name (smollm2-135m), local directory, or hub id"),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
-    method: str = typer.Option("rtn", help="quantization method: rtn, gptq or omniquant"),
+    method: str = typer.Option("rtn", help=f"quantization method: {', '.join(api.REGISTRY.methods('quantize'))}"),
     wbits: int = typer.Option(4, help="weight bits: 2, 3, 4 or 8"),
     group_size: int = typer.Option(128, help="input channels per scale; -1 for per-channel"),
     sym: bool = typer.Option(False, "--sym", help="symmetric quantization (zero point fixed at 2^(bits-1))"),
@@ -125,70 +125,40 @@ def quantize(
     let_alpha: Optional[float] = typer.Option(None, help="omniquant: LET init strength (default 0.5; 0.75 for W4A4)"),
     work_dir: Optional[Path] = typer.Option(None, help="omniquant: per-block state for resuming (default OUTPUT.omniquant-state)"),
     keep_state: bool = typer.Option(False, "--keep-state", help="omniquant: keep the work dir after saving"),
-    push_to_hub: Optional[str] = publish.push_to_hub_option(),
-    private: bool = publish.private_option(),
-    token: Optional[str] = publish.token_option(),
+    push_to_hub: Optional[str] = push_to_hub_option(),
+    private: bool = private_option(),
+    token: Optional[str] = token_option(),
+    set_: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help="a setting of the method that has no "
+                                   "option here (a registered method's own field; VALUE read as YAML); repeatable"),
 ) -> None:
     """Quantize MODEL, evaluate it against the original at each length, and save it unless the gate
     (--max-drop / --max-ppl-increase) fails."""
-    import shutil
-
-    from compresskit import api
-
-    # every option goes in; the method's config class keeps the ones it takes
+    # every option goes in; the method's config class keeps the ones it takes (and --set the rest)
     fields = dict(method=method, wbits=wbits, group_size=group_size, sym=sym, abits=abits,
                   ragged_last_group=ragged_last_group, embed_bits=embed_bits, skip=tuple(skip),
                   nsamples=nsamples, seqlen=seqlen, calib=calib, batch_size=batch_size, seed=seed,
-                  lwc=lwc, let=let, epochs=epochs,
-                  lr_lwc=lr_lwc, lr_let=lr_let, let_alpha=let_alpha)
-    if method == "omniquant":
-        work_dir = work_dir or output.with_name(output.name + ".omniquant-state")
-        if work_dir.exists():
-            console.print(f"resuming from {escape(str(work_dir))}")
-    else:
-        work_dir = None
-    config = _run(lambda: api.make_config(fields, for_method=True))
+                  lwc=lwc, let=let, epochs=epochs, lr_lwc=lr_lwc, lr_let=lr_let, let_alpha=let_alpha)
+    config = run_user(lambda: api.config_from_options("quantize", fields, set_))
     if config.abits < 16:
         console.print(f"activations at {config.abits} bits are simulated (fake-quantized per token): "
                       "no integer kernel runs them")
-    _run(lambda: api.check_output(output, overwrite))
-    with status(f"loading {model}"):
-        m, tok = _run(lambda: api.load_model(model))
-        before_bytes = api.checkpoint_bytes(model)
-    units = _run(lambda: api.progress_units(m, config))  # bad layer shapes fail before the evaluation
-    opts = _eval_opts(tasks, lengths, ppl_windows, passkey_trials, samples, seed, longbench, longbench_limit, cache)
-    before = None if no_eval else _run(lambda: _evaluate(api, m, tok, "original", opts))
-    t0 = time.perf_counter()
-    with progress_bar(f"quantizing {config.name}", units) as advance:
-        _run(lambda: api.quantize(m, config, tokenizer=tok, work_dir=work_dir,
-                                  progress=lambda message, n=1: advance(n, message)))
-    quant_seconds = time.perf_counter() - t0
-    after = None if no_eval else _run(lambda: _evaluate(api, m, tok, "quantized", opts))
-    comparison = None if no_eval else _run(lambda: api.compare(before, after, max_drop=max_drop,
-                                                               max_ppl_increase=max_ppl_increase))
-    title = f"{model} -> {output} ({config.name}, quantized in {quant_seconds:.1f}s)"
-    if comparison is not None and comparison.gate is not None and not comparison.passed and not force:
-        rejected = output.with_name(output.name + ".gate-report")
-        api.write_eval_report(rejected, after, before, comparison, meta={"title": f"{title}: NOT SAVED"})
-        console.print(comparison_table(title, before_bytes, None, before, after))
-        err_console.print(f"[bold red]not saved:[/] gate {escape(comparison.summary())}; report in "
-                          f"{escape(str(rejected))}; rerun with --force to save anyway", soft_wrap=True)
-        raise typer.Exit(3)
-    evaluation = None if no_eval else {"before": before, "after": after, "gate": {
-        **comparison.to_dict(), "forced": bool(force and not comparison.passed)}}
-    with status(f"saving {output}"):
-        _run(lambda: api.save(m, tok, output, overwrite=overwrite, evaluation=evaluation))
-    if work_dir is not None and not keep_state:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    if comparison is not None:
-        api.write_eval_report(output / "evaluation", after, before, comparison, meta={"title": title})
-    console.print(comparison_table(title, before_bytes, api.checkpoint_bytes(output), before, after))
-    if comparison is not None and comparison.gate is not None:
-        console.print(f"gate: {escape(comparison.summary())}" + (" (saved with --force)" if not comparison.passed else ""))
-    publish.finish_saved(output, push_to_hub, private, token)
-
-
-PRUNE_TASKS = "ppl,passkey,niah_single_1"
+    run_user(lambda: api.check_output(output, overwrite))
+    settings = run_user(lambda: _eval_settings(tasks, lengths, ppl_windows, passkey_trials, samples, seed, longbench,
+                                               longbench_limit, cache))
+    before_bytes = run_user(lambda: api.checkpoint_bytes(model))
+    try:
+        result = _run_pass(model, output, "quantize", config, evaluation=_evaluation(no_eval, settings, max_drop,
+                                                                                     max_ppl_increase),
+                           push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
+                           state_dir=work_dir, keep_state=keep_state)
+    except api.GateFailedError as e:
+        title = f"{model} -> {output} ({config.name}, quantized in {e.result.seconds.get(1, 0.0):.1f}s)"
+        _gate_failed(e, comparison_table(title, before_bytes, None, e.evaluation.before, e.evaluation.child))
+    title = f"{model} -> {output} ({config.name}, quantized in {result.seconds[1]:.1f}s)"
+    ev = result.evaluation
+    console.print(comparison_table(title, before_bytes, api.checkpoint_bytes(output), ev and ev.before,
+                                   ev and ev.child))
+    _finish(result)
 
 
 @app.command()
@@ -213,50 +183,52 @@ def prune(
     seed: int = typer.Option(0, help="random seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
     tasks: str = typer.Option(PRUNE_TASKS, "--eval", help="evaluation tasks before and after: " + TASKS_HELP),
-    no_eval: bool = typer.Option(False, "--no-eval", help="skip the evaluation"),
+    no_eval: bool = no_eval_option(),
+    max_drop: Optional[float] = typer.Option(None, help="gate: refuse to save if any task at any length drops by "
+                                             "more than this many points (perplexity: percent)"),
+    max_ppl_increase: Optional[float] = typer.Option(None, help="gate: allowed perplexity increase in percent "
+                                                     "(default: --max-drop)"),
+    force: bool = force_option(),
     lengths: str = typer.Option("1024,2048", help="evaluation lengths in tokens, comma-separated"),
     ppl_windows: int = ppl_windows_option(),
     passkey_trials: int = passkey_trials_option(),
     samples: int = samples_option(),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the parent's scores computed before"),
-    push_to_hub: Optional[str] = publish.push_to_hub_option(),
-    private: bool = publish.private_option(),
-    token: Optional[str] = publish.token_option(),
+    push_to_hub: Optional[str] = push_to_hub_option(),
+    private: bool = private_option(),
+    token: Optional[str] = token_option(),
 ) -> None:
+
     """Remove MLP channels, attention heads and layers from MODEL (keeping its retrieval heads), print a
     before/after table, and save a plain float checkpoint that stock transformers loads."""
-    from compresskit import api
-
-    config = _run(lambda: api.make_prune_config(
+    config = run_user(lambda: api.make_prune_config(
         mlp=mlp, heads=heads, layers=layers, head_unit="group" if kv_groups else "query",
         protect_retrieval=protect_retrieval, protect_fraction=protect_fraction, retrieval_length=retrieval_length,
         retrieval_samples=retrieval_samples, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed,
         **({"retrieval_score": retrieval_score} if retrieval_score else {})))
-    _run(lambda: api.check_output(output, overwrite))
-    with status(f"loading {model}"):
-        m, tok = _run(lambda: api.load_model(model))
-        before_bytes = api.checkpoint_bytes(model)
-    shape = _run(lambda: api.prune_plan(m, config))  # a bad ratio fails before the evaluation
-    params_before = api.parameter_count(m)
-    opts = _eval_opts(tasks, lengths, ppl_windows, passkey_trials, samples, seed, None, None, cache)
-    before = None if no_eval else _run(lambda: _evaluate(api, m, tok, "original", opts))
-    t0 = time.perf_counter()
-    with progress_bar(f"pruning {config.name}", api.prune_units(m, config)) as advance:
-        record = _run(lambda: api.prune(m, config, tokenizer=tok, progress=lambda message, n=1: advance(n, message)))
-    prune_seconds = time.perf_counter() - t0
-    after = None if no_eval else _run(lambda: _evaluate(api, m, tok, "pruned", opts))
-    with status(f"saving {output}"):
-        _run(lambda: api.save(m, tok, output, overwrite=overwrite,
-                              evaluation=None if no_eval else {"before": before, "after": after}))
+    run_user(lambda: api.check_output(output, overwrite))
+    settings = run_user(lambda: _eval_settings(tasks, lengths, ppl_windows, passkey_trials, samples, seed, None, None,
+                                               cache))
+    before_bytes = run_user(lambda: api.checkpoint_bytes(model))
+    try:
+        result = _run_pass(model, output, "prune", config, evaluation=_evaluation(no_eval, settings, max_drop,
+                                                                                  max_ppl_increase),
+                           push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
+                           record_ungated=False)
+    except api.GateFailedError as e:
+        _gate_failed(e, comparison_table(f"{model} -> {output} ({config.name})", before_bytes, None,
+                                         e.evaluation.before, e.evaluation.child))
+    record, ev = result.results[1], result.evaluation
+    shape = record["shape"]
     title = (f"{model} -> {output} ({config.name}: {shape['keep_layers']} layers, {shape['keep_heads']} heads / "
-             f"{shape['keep_groups']} KV, MLP {shape['keep_intermediate']}; pruned in {prune_seconds:.1f}s)")
-    console.print(comparison_table(title, before_bytes, api.checkpoint_bytes(output), before, after,
-                                   params=(params_before, record["params_after"])))
+             f"{shape['keep_groups']} KV, MLP {shape['keep_intermediate']}; pruned in {result.seconds[1]:.1f}s)")
+    console.print(comparison_table(title, before_bytes, api.checkpoint_bytes(output), ev and ev.before, ev and ev.child,
+                                   params=(record["params_before"], record["params_after"])))
     retrieval = record.get("retrieval")
     if retrieval is not None:
         console.print(f"retrieval heads protected: {len(retrieval['protected'])} (layer, head) "
                       f"{escape(str(retrieval['protected']))}; all kept: {retrieval['protected_kept']}")
-    publish.finish_saved(output, push_to_hub, private, token)
+    _finish(result)
 
 
 @app.command()
@@ -316,89 +288,56 @@ def distill(
     passkey_trials: int = passkey_trials_option(),
     samples: int = samples_option(),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the teacher's scores computed before"),
-    push_to_hub: Optional[str] = publish.push_to_hub_option(),
-    private: bool = publish.private_option(),
-    token: Optional[str] = publish.token_option(),
+    push_to_hub: Optional[str] = push_to_hub_option(),
+    private: bool = private_option(),
+    token: Optional[str] = token_option(),
 ) -> None:
+
     """Distill TEACHER into a pruned or quantized STUDENT (forward KL on logits at the target length),
     evaluate teacher / student before / after, and save unless the gate (--max-drop) fails.
     Under ``accelerate launch`` the same command trains data-parallel (or FSDP / DeepSpeed)."""
-    import shutil
-
-    from compresskit import api
-
     def floats(s: str) -> list[float]:
-        return _csv(s, float)
+        return csv(s, float)
 
-    config = _run(lambda: api.make_distill_config(
+    config = run_user(lambda: api.make_distill_config(
         steps=steps, seqlen=seqlen, seqlen_schedule=tuple(floats(seqlen_schedule)),
         schedule_fractions=tuple(floats(schedule_fractions)), batch_size=batch_size, grad_accum=grad_accum, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio,
         max_grad_norm=max_grad_norm, temperature=temperature, kl_weight=kl_weight, ce_weight=ce_weight,
-        hidden_weight=hidden_weight, hidden_loss=hidden_loss, hidden_layers=tuple(_csv(hidden_layers, int)),
-        kl_chunk=kl_chunk, data=data, retrieval_mix=retrieval_mix, seed=seed, train_parts=tuple(_csv(train_parts)),
+        hidden_weight=hidden_weight, hidden_loss=hidden_loss, hidden_layers=tuple(csv(hidden_layers, int)),
+        kl_chunk=kl_chunk, data=data, retrieval_mix=retrieval_mix, seed=seed, train_parts=tuple(csv(train_parts)),
         lora=lora, lora_rank=lora_rank, lora_alpha=lora_alpha,
         quant_params_only=quant_params_only, train_norms=train_norms, gradient_checkpointing=gradient_checkpointing,
         checkpoint_every=checkpoint_every, mixed_precision=mixed_precision))
-    _run(lambda: api.check_output(output, overwrite))
-    _run(lambda: api.check_distill_dependencies(config))
-    work_dir = work_dir or output.with_name(output.name + ".distill-state")
-    with status(f"loading {teacher} and {student}"):
-        t_model, tok = _run(lambda: api.load_model(teacher))
-        s_model, s_tok = _run(lambda: api.load_model(student))
-    _run(lambda: api.check_distill(s_model, t_model, config))
-    opts = _eval_opts(tasks, lengths or str(config.seqlen), ppl_windows, passkey_trials, samples, seed, None, None,
-                      cache)
+    run_user(lambda: api.check_output(output, overwrite))
     main = api.is_main_process()  # under `accelerate launch` every process trains; only the main one reports
-    no_eval = no_eval or not main
-    t_report = None if no_eval else _run(lambda: _evaluate(api, t_model, tok, "teacher", opts))
-    before = None if no_eval else _run(lambda: _evaluate(api, s_model, s_tok, "student", opts))
-    if api.has_distill_checkpoint(work_dir) and main:
-        console.print(f"resuming from {escape(str(work_dir))}")
-    t0 = time.perf_counter()
-    with progress_bar(f"distilling {config.name}", config.steps) as advance:
-        seen = [0]
-
-        def on_step(step: int, total: int, info: dict) -> None:
-            message = (f"loss {info['loss']:.4f}, {info['tokens_per_s']:.0f} tok/s, seq {info['seqlen']}, "
-                       f"lr {info['lr']:.2e}")
-            advance(step - seen[0], message)
-            seen[0] = step
-
-        result = _run(lambda: api.distill(s_model, t_model, config, tokenizer=tok, work_dir=work_dir,
-                                          progress=on_step if main else None))
-    seconds = time.perf_counter() - t0
+    settings = run_user(lambda: _eval_settings(tasks, lengths or str(config.seqlen), ppl_windows, passkey_trials,
+                                               samples, seed, None, None, cache))
+    evaluation = _evaluation(no_eval, settings, max_drop, max_ppl_increase, baseline=teacher)
+    state = work_dir or output.with_name(output.name + ".distill-state")
+    try:
+        result = _run_pass(student, output, "distill", config, teacher=teacher, evaluation=evaluation,
+                           push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
+                           state_dir=state, keep_state=keep_state, main_process=main)
+    except api.GateFailedError as e:
+        summary = e.result.results[1]
+        _gate_failed(e, distill_table(_distill_title(student, teacher, output, config, summary), e.evaluation.parent,
+                                      e.evaluation.before, e.evaluation.child,
+                                      (summary["loss_first"], summary["loss_last"])))
     if not main:
         return  # the main process evaluates, gates and saves the (identical) trained student
-    after = None if no_eval else _run(lambda: _evaluate(api, s_model, s_tok, "distilled", opts))
-    comparison = None if no_eval else _run(lambda: api.compare(t_report, after, max_drop=max_drop,
-                                                               max_ppl_increase=max_ppl_increase))
-    summary = s_model.compresskit_distillation
-    title = (f"{student} <- {teacher}: {output} ({config.name}; {result.tokens} tokens in {seconds:.0f}s, "
-             f"{result.tokens_per_second:.0f} tok/s)")
-    table = None if no_eval else distill_table(title, t_report, before, after, (summary["loss_first"], summary["loss_last"]))
-    if comparison is not None and comparison.gate is not None and not comparison.passed and not force:
-        rejected = output.with_name(output.name + ".gate-report")
-        api.write_eval_report(rejected, after, t_report, comparison, meta={"title": f"{title}: NOT SAVED"})
-        console.print(table)
-        err_console.print(f"[bold red]not saved:[/] gate {escape(comparison.summary())}; report in "
-                          f"{escape(str(rejected))}; rerun with --force to save anyway", soft_wrap=True)
-        raise typer.Exit(3)
-    evaluation = None if no_eval else {"teacher": t_report, "before": before, "after": after, "gate": {
-        **comparison.to_dict(), "forced": bool(force and not comparison.passed)}}
-    with status(f"saving {output}"):
-        _run(lambda: api.save(s_model, s_tok, output, overwrite=overwrite, evaluation=evaluation))
-    if not keep_state:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    if comparison is not None:
-        api.write_eval_report(output / "evaluation", after, t_report, comparison, meta={"title": title})
-    if table is not None:
-        console.print(table)
+    summary, ev = result.results[1], result.evaluation
+    title = _distill_title(student, teacher, output, config, summary)
+    if ev is not None:
+        console.print(distill_table(title, ev.parent, ev.before, ev.child, (summary["loss_first"], summary["loss_last"])))
     else:
         console.print(f"{escape(title)}: loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f}")
-    if comparison is not None and comparison.gate is not None:
-        console.print(f"gate: {escape(comparison.summary())}" + (" (saved with --force)" if not comparison.passed else ""))
-    publish.finish_saved(output, push_to_hub, private, token)
+    _finish(result)
+
+
+def _distill_title(student: str, teacher: str, output: Path, config: Any, summary: dict[str, Any]) -> str:
+    return (f"{student} <- {teacher}: {output} ({config.name}; {summary['tokens']} tokens in "
+            f"{summary['seconds']:.0f}s, {summary['tokens_per_second']:.0f} tok/s)")
 
 
 @app.command("eval")
@@ -423,23 +362,22 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model at several lengths (perplexity, passkey, RULER tasks, LongBench), optionally
     against a baseline."""
-    from compresskit import api
-
-    opts = _eval_opts(tasks, lengths, ppl_windows, passkey_trials, samples, seed, longbench, longbench_limit, cache)
+    settings = run_user(lambda: _eval_settings(tasks, lengths, ppl_windows, passkey_trials, samples, seed, longbench,
+                                               longbench_limit, cache))
     base = None
     if baseline is not None and Path(baseline).suffix == ".json" and Path(baseline).is_file():
-        base = _run(lambda: api.load_report(baseline))
+        base = run_user(lambda: api.load_report(baseline))
     elif baseline is not None:
         with status(f"loading {baseline}"):
-            bm, btok = _run(lambda: api.load_model(baseline))
-        base = _run(lambda: _evaluate(api, bm, btok, baseline, opts))
+            bm, btok = run_user(lambda: api.load_model(baseline))
+        base = run_user(lambda: _evaluate(bm, btok, baseline, settings))
         del bm
     with status(f"loading {path}"):
-        m, tok = _run(lambda: api.load_model(path))
-    report = _run(lambda: _evaluate(api, m, tok, path, opts))
+        m, tok = run_user(lambda: api.load_model(path))
+    report = run_user(lambda: _evaluate(m, tok, path, settings))
     comparison = None
     if base is not None:
-        comparison = _run(lambda: api.compare(base, report, max_drop=max_drop, max_ppl_increase=max_ppl_increase))
+        comparison = run_user(lambda: api.compare(base, report, max_drop=max_drop, max_ppl_increase=max_ppl_increase))
         console.print(gate_table(f"{path} vs {baseline} ({report.seconds:.0f}s)", comparison))
     else:
         console.print(report_table(f"{path} ({report.seconds:.0f}s)", report))
@@ -460,9 +398,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Print a checkpoint's architecture, sizes and compression recipe."""
-    from compresskit import api
-
-    data = _run(lambda: api.info(path))
+    data = run_user(lambda: api.info(path))
     if as_json:
         print(json.dumps(data, indent=2))
     else:
@@ -472,8 +408,6 @@ def info(
 @app.command()
 def kernels(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
     """List the kernel backends: what each serves, where automatic choice uses it, whether it runs here."""
-    from compresskit import api
-
     rows = api.kernel_backends()
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -484,6 +418,7 @@ def kernels(as_json: bool = typer.Option(False, "--json", help="print JSON inste
 
 publish.register(app)  # export, push
 recipe.register(app)  # run
+app.command()(apply_cmd.apply)  # any registered pass
 
 if __name__ == "__main__":
     app()

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import typer
+from compresskit import api
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .publish import token_option
+from .common import print_push, run_user, token_option
 from .render import console, err_console, rows_table
 
 SHIPPED = "serve-4bit, smallest-4k-passkey"  # tests/cli/test_cli_recipe.py checks this against the package
@@ -34,6 +35,8 @@ def recipe_progress(plan: Any) -> Iterator[Callable[[Any], None]]:
             title = titles.setdefault(s.position, f"{s.position}/{n} {name}")
             if event.kind == "start":
                 progress.reset(current, total=max(event.n, 1), description=escape(title), visible=True)
+            elif event.kind == "phase":
+                progress.update(current, description=escape(f"{title}: {event.label}"))
             elif event.kind == "advance":
                 progress.update(current, advance=event.n,
                                 description=escape(f"{title}: {event.message}" if event.message else title))
@@ -69,18 +72,14 @@ def run(
     checked before anything runs (every problem in one error); each stage's result is kept in the work
     directory, so a rerun skips the stages whose settings and inputs did not change, and an interrupted
     distill or OmniQuant stage resumes. The output holds the resolved recipe as recipe.yaml."""
-    from compresskit import api
-
-    from .main import _run
-
-    plan = _run(lambda: api.plan_recipe(recipe, overrides=set_, work_dir=work_dir, overwrite=overwrite))
+    plan = run_user(lambda: api.plan_recipe(recipe, overrides=set_, work_dir=work_dir, overwrite=overwrite))
     if dry_run:
         console.print(rows_table(f"{plan.recipe.name}: {plan.recipe.model} -> {plan.recipe.output} (dry run: "
                                  f"work dir {plan.work_dir})", plan.to_rows()))
         return
     try:
         with recipe_progress(plan) as on_event:
-            result = _run(lambda: api.run_recipe(plan, progress=on_event, force=force, token=token))
+            result = run_user(lambda: api.run_recipe(plan, progress=on_event, force=force, token=token))
     except api.GateFailedError as e:
         err_console.print(f"[bold red]not saved:[/] {escape(str(e))}", soft_wrap=True)
         raise typer.Exit(3)
@@ -96,9 +95,7 @@ def _summary(api: Any, result: Any) -> None:
         forced = " (saved with --force)" if not result.comparison.passed else ""
         console.print(f"gate: {escape(result.comparison.summary())}{forced}", soft_wrap=True)
     if result.push is not None:
-        from .publish import _print_push
-
-        _print_push(result.push)
+        print_push(result.push)
 
 
 def register(app: typer.Typer) -> None:

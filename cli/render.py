@@ -153,3 +153,35 @@ def info_table(info: dict[str, Any]) -> Table:
     if q.get("evaluation"):
         table.add_row("evaluation", ", ".join(q["evaluation"]))
     return table
+
+
+@contextmanager
+def phase_progress() -> Iterator[Callable[[Any], None]]:
+    """The display of a one-pass run (``compresskit quantize / prune / distill``): each phase the runner
+    starts (loading, evaluating, the pass itself, saving) gets its own line, a bar when it has work units
+    (a spinner while it loads or saves), and notes are printed as they come. Yields ``on_event``."""
+    current: list[Any] = [None, None]  # the open context, its advance function
+
+    def close() -> None:
+        if current[0] is not None:
+            current[0].__exit__(None, None, None)
+            current[0] = current[1] = None
+
+    def on_event(event: Any) -> None:
+        if event.kind == "phase":
+            close()
+            cm = progress_bar(event.label, event.n) if event.n else status(event.label)
+            current[1] = cm.__enter__()
+            current[0] = cm
+        elif event.kind == "advance" and current[1] is not None:
+            current[1](event.n, event.message or None)
+        elif event.kind == "note":
+            close()
+            console.print(escape(event.message), soft_wrap=True)
+        elif event.kind in ("done", "cached", "skip"):
+            close()
+
+    try:
+        yield on_event
+    finally:
+        close()

@@ -12,14 +12,19 @@ and compresskit.quant.qat (trainable scales of a packed student). Re-exported as
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .core.config import ConfigError
-from .distill import DistillConfig, DistillResult
+from .core.arch import get_arch
+from .core.errors import ConfigError, InputError
+from .distill import (
+    DistillConfig, DistillResult, apply_lora, has_checkpoint, merge_lora, part_parameters, require_peft, run_distillation,
+)
+from .kernels.modules import QuantLinear
 
 _STORAGE = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,15 +36,11 @@ def make_distill_config(config: DistillConfig | dict | None = None, **overrides:
 
 def is_quantized(model: nn.Module) -> bool:
     """Whether ``model`` holds packed compresskit layers."""
-    from .kernels.modules import QuantLinear
-
     return any(isinstance(m, QuantLinear) for m in model.modules())
 
 
 def check_distill(student: nn.Module, teacher: nn.Module, config: DistillConfig) -> None:
     """Fail before any work when the pair or the settings cannot run (context, vocabulary, student kind)."""
-    from .core.arch import get_arch
-
     get_arch(student), get_arch(teacher)
     for who, m in (("student", student), ("teacher", teacher)):
         context = getattr(m.config, "max_position_embeddings", None)
@@ -71,10 +72,10 @@ def sampler(tokenizer: Any, data: Any, *, seed: int, model: nn.Module | None = N
     draw = _plain_sampler(tokenizer, data, seed=seed, model=model)
     if not retrieval_mix:
         return draw
-    if tokenizer is None:
-        raise ValueError("retrieval_mix writes its facts and questions as text: distill(..., tokenizer=tok)")
-    from .calib import with_retrieval
+    from .calib import with_retrieval  # the data modules load when data is first needed
 
+    if tokenizer is None:
+        raise InputError("retrieval_mix writes its facts and questions as text: distill(..., tokenizer=tok)")
     def mixed(seqlen: int, n: int, stage: int) -> torch.Tensor:
         return with_retrieval(tokenizer, draw(seqlen, n, stage), retrieval_mix, seed=seed + 7919 * (stage + 1))
 
@@ -82,28 +83,24 @@ def sampler(tokenizer: Any, data: Any, *, seed: int, model: nn.Module | None = N
 
 
 def _plain_sampler(tokenizer: Any, data: Any, *, seed: int, model: nn.Module | None) -> Callable[[int, int, int], torch.Tensor]:
+    from .calib import build_samples, parse_source, sample_windows  # loaded when data is first needed
+
     if callable(data):
         return data
     if isinstance(data, torch.Tensor):
-        from .calib import sample_windows
-
         stream = data.flatten().long()
 
         def from_stream(seqlen: int, n: int, stage: int) -> torch.Tensor:
             if stream.numel() < seqlen:
-                raise ValueError(f"the token stream has {stream.numel()} tokens, fewer than seqlen={seqlen}")
+                raise InputError(f"the token stream has {stream.numel()} tokens, fewer than seqlen={seqlen}")
             return sample_windows(stream, n, seqlen, seed=seed + 1009 * stage)
 
         return from_stream
     if tokenizer is None:
-        raise ValueError("distillation data from a text source needs the tokenizer: distill(..., tokenizer=tok)")
-    from .calib import build_samples, parse_source
-
+        raise InputError("distillation data from a text source needs the tokenizer: distill(..., tokenizer=tok)")
     source = parse_source(data)
 
     def from_source(seqlen: int, n: int, stage: int) -> torch.Tensor:
-        import warnings
-
         with warnings.catch_warnings():  # many short-to-long windows overlap by design; say it once in the docs
             warnings.simplefilter("ignore")
             return build_samples(tokenizer, source, n, seqlen, seed=seed + 1009 * stage, model=model)
@@ -160,8 +157,6 @@ def distill(
     ``round_to_storage=False``. The run's summary is kept as ``student.compresskit_distillation``
     (``save`` writes it as ``distillation.json`` and into config.json / the quantization manifest).
     """
-    from .distill import apply_lora, merge_lora, part_parameters, run_distillation
-
     config = make_distill_config(config, **overrides)
     check_distill(student, teacher, config)
     samples = sampler(tokenizer, data if data is not None else config.data, seed=config.seed, model=teacher,
@@ -169,7 +164,7 @@ def distill(
     storage = _STORAGE.get(str((getattr(student, "compresskit_source", None) or {}).get("dtype")))
     extra: dict[str, Any] = {}
     if config.quant_params_only:
-        from .quant.qat import make_scales_trainable, write_back_scales
+        from .quant.qat import make_scales_trainable, write_back_scales  # only for packed students
 
         trainable = make_scales_trainable(student, train_norms=config.train_norms)
         try:
@@ -212,8 +207,6 @@ def distill(
 def check_distill_dependencies(config: DistillConfig) -> None:
     """Fail before any work when an optional package the config needs is missing (peft for LoRA)."""
     if config.lora:
-        from .distill import require_peft
-
         require_peft()
 
 
@@ -226,8 +219,6 @@ def is_main_process() -> bool:
 
 def has_distill_checkpoint(work_dir: str | os.PathLike | None) -> bool:
     """Whether ``work_dir`` holds a resumable distillation state."""
-    from .distill import has_checkpoint
-
     return has_checkpoint(work_dir)
 
 

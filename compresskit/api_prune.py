@@ -5,11 +5,19 @@ retrieval probes) and the calibration sources.
 """
 from __future__ import annotations
 
+import random
 from typing import Any, Callable
 
 import torch.nn as nn
 
-from .prune import PruneConfig
+from .api_models import calibration_ids
+from .core.arch import get_arch
+from .core.errors import InputError
+from .eval.passkey import KEY_MAX, KEY_MIN, passkey_prompt
+from .prune import (
+    PruneConfig, collect_importance, count_parameters, head_retrieval_scores, plan, probe_from_answer, prune_in_place,
+)
+from .prune import progress_units as _progress_units
 
 
 def make_prune_config(config: PruneConfig | dict | None = None, **overrides: Any) -> PruneConfig:
@@ -19,9 +27,6 @@ def make_prune_config(config: PruneConfig | dict | None = None, **overrides: Any
 
 def prune_plan(model: nn.Module, config: PruneConfig) -> dict[str, Any]:
     """Exact kept counts for ``model`` (raises ConfigError naming the nearest valid setting)."""
-    from .core.arch import get_arch
-    from .prune import plan
-
     get_arch(model)
     return plan(config, model.config).to_dict()
 
@@ -30,11 +35,6 @@ def retrieval_probes(model: nn.Module, tokenizer: Any, config: PruneConfig) -> l
     """Needle probes for retrieval-head scoring: the eval suite's passkey prompts at
     ``config.retrieval_length`` (capped at the model's context), keys drawn from a seed distinct from
     the evaluation's, the needle's key tokens as copy targets and the key as the teacher-forced answer."""
-    import random
-
-    from .eval.passkey import KEY_MAX, KEY_MIN, passkey_prompt
-    from .prune import probe_from_answer
-
     context = getattr(model.config, "max_position_embeddings", None) or config.retrieval_length
     length = min(config.retrieval_length, context - 8)
     rng = random.Random(config.seed + 7919)
@@ -50,15 +50,11 @@ def retrieval_probes(model: nn.Module, tokenizer: Any, config: PruneConfig) -> l
 
 def prune_units(model: nn.Module, config: PruneConfig) -> int:
     """Progress units `prune` reports (calibration samples + retrieval probes)."""
-    from .prune import progress_units
-
-    return progress_units(config)
+    return _progress_units(config)
 
 
 def parameter_count(model: nn.Module) -> int:
     """Parameters of ``model`` (a tied embedding / lm_head counted once)."""
-    from .prune import count_parameters
-
     return count_parameters(model)
 
 
@@ -67,16 +63,13 @@ def prune_scores(model: nn.Module, config: PruneConfig | dict | None = None, *, 
                  **overrides: Any) -> dict[str, Any]:
     """The scores `prune` would compute (``{"importance": Importance, "retrieval": [layers, heads] or
     None}``), to prune several copies of one model at different settings without scoring again."""
-    from .core.arch import get_arch
-    from .prune import collect_importance, head_retrieval_scores
-
     config = make_prune_config(config, **overrides)
     spec = get_arch(model)
     importance = collect_importance(model, spec, _calibration_ids(model, tokenizer, config, calib), progress=progress)
     retrieval = None
     if config.protect_retrieval:
         if probes is None and tokenizer is None:
-            raise ValueError("retrieval protection needs the tokenizer (prune(..., tokenizer=tok)) or probes")
+            raise InputError("retrieval protection needs the tokenizer (prune(..., tokenizer=tok)) or probes")
         probes = probes if probes is not None else retrieval_probes(model, tokenizer, config)
         retrieval = head_retrieval_scores(model, spec, probes, config.retrieval_score, progress=progress)
     return {"importance": importance, "retrieval": retrieval}
@@ -100,9 +93,6 @@ def prune(
     `retrieval_probes`). ``scores`` from `prune_scores` on the same unpruned model skips the scoring.
     The result saves as a plain float checkpoint that stock transformers loads.
     Also ``compresskit.prune_model`` (``compresskit.prune`` is the package)."""
-    from .core.arch import get_arch
-    from .prune import plan, prune_in_place
-
     config = make_prune_config(config, **overrides)
     get_arch(model)
     plan(config, model.config)  # a bad ratio fails before any work
@@ -113,13 +103,11 @@ def prune(
         ids = _calibration_ids(model, tokenizer, config, calib)
     if pruning and config.needs_retrieval and probes is None and scores.get("retrieval") is None:
         if tokenizer is None:
-            raise ValueError("retrieval protection needs the tokenizer (prune(..., tokenizer=tok)) or probes")
+            raise InputError("retrieval protection needs the tokenizer (prune(..., tokenizer=tok)) or probes")
         probes = retrieval_probes(model, tokenizer, config)
     return prune_in_place(model, config, ids, probes, progress=progress, importance=scores.get("importance"),
                           retrieval=scores.get("retrieval"))
 
 
 def _calibration_ids(model: nn.Module, tokenizer: Any, config: PruneConfig, calib: Any):
-    from .api import calibration_ids  # the shared calibration loader (api imports this module at its end)
-
     return calibration_ids(model, tokenizer, config, calib)

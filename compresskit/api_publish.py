@@ -14,6 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .core.fsutil import check_output_dir, dir_size_bytes
+from .export.card import CardParent, parent_from_card, read_card_metadata
+from .export.card import write_card as _write
+from .export.compressed_tensors import export_compressed_tensors
+from .export.gptq import export_gptq
+from .export.hub import push_folder
+from .export.source import ExportError, NativeSource
+from .models import resolve_model
+from .models.embedded import EMBEDDED
+
 EXPORT_FORMATS = ("gptq", "gptq-v1", "compressed-tensors")
 EXPORT_DTYPES = ("float16", "float32")
 
@@ -33,10 +43,6 @@ def card_parent(name: str | None, path: str | os.PathLike | None = None):
     """What a model loaded from ``name`` (resolved to ``path``) descends from, for its card: the
     embedded model's hub id and licence, a local directory's own card, or a hub id (and its licence
     when its README is in the local hub cache; nothing is fetched)."""
-    from .core.fsutil import dir_size_bytes
-    from .export.card import CardParent, parent_from_card, read_card_metadata
-    from .models.embedded import EMBEDDED
-
     name = None if name is None else str(name)
     path = Path(path) if path is not None else (Path(name) if name else None)
     size = dir_size_bytes(path) if path is not None and path.is_dir() else None
@@ -71,8 +77,6 @@ def model_parent(model: Any):
 def card_writer(model: Any, evaluation: dict[str, Any] | None, path: str | os.PathLike) -> Callable[[Path], None]:
     """What `compresskit.save` calls on its temporary directory: writes the card of the artifact that
     becomes ``path``."""
-    from .export.card import write_card as _write
-
     parent = model_parent(model)
     name = Path(path).name
 
@@ -85,8 +89,6 @@ def card_writer(model: Any, evaluation: dict[str, Any] | None, path: str | os.Pa
 def write_card(path: str | os.PathLike, *, evaluation: dict[str, Any] | None = None) -> Path:
     """(Re)write ``path/README.md`` from the artifact's files (the parent comes from its current card);
     returns the card's path. Renders offline."""
-    from .export.card import write_card as _write
-
     return _write(path, evaluation=evaluation)
 
 
@@ -102,13 +104,6 @@ def export_model(path: str | os.PathLike, format: str = "gptq", output: str | os
     Non-quantized tensors are stored as ``dtype`` (``float16``, what engines expect; ``float32`` keeps
     the embeddings bit-exact). Weight-activation checkpoints export only with ``weights_only``.
     Errors (``ExportError``) say what cannot be expressed and what to do instead."""
-    from .core.fsutil import check_output_dir, dir_size_bytes
-    from .export.card import parent_from_card
-    from .export.card import write_card as _write
-    from .export.compressed_tensors import export_compressed_tensors
-    from .export.gptq import export_gptq
-    from .export.source import ExportError, NativeSource
-
     if format not in EXPORT_FORMATS:
         raise ExportError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
     if dtype not in EXPORT_DTYPES:
@@ -116,8 +111,6 @@ def export_model(path: str | os.PathLike, format: str = "gptq", output: str | os
     if output is None:
         raise ExportError("export needs an output directory (--output DIR)")
     check_output_dir(output, overwrite)
-    from .models import resolve_model
-
     source = NativeSource.read(resolve_model(path))
     parent = parent_from_card(source.path)
     if parent.source is None and parent.base_model is None:
@@ -142,7 +135,5 @@ def push(path: str | os.PathLike, repo: str, *, private: bool = False, revision:
     commit (a ``PushResult``). A repo that already holds the same files is left alone; one that holds
     different files is refused (``RepoConflictError``) unless ``overwrite``; bad credentials raise
     ``PushAuthError`` (use ``token`` or ``HF_TOKEN``); transient errors are retried ``attempts`` times."""
-    from .export.hub import push_folder
-
     return push_folder(path, repo, private=private, revision=revision, token=token, overwrite=overwrite,
                        endpoint=endpoint, commit_message=commit_message, attempts=attempts, backoff=backoff)

@@ -15,12 +15,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .core.arch import UnsupportedArchitectureError, get_arch
-from .core.config import CalibratedConfig, ConfigError
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from .api_passes import PassContext
+from .core.arch import get_arch
+from .core.errors import CompresskitError, ConfigError
+from .core.registry import REGISTRY
 from .core.version import __version__
-from .models import ModelNotFoundError, resolve_model
-from .models.embedded import EmbeddedModelMissing
-from .recipe import MODEL_PASSES, Pass, Recipe, RecipeError, load_recipe
+from .eval import RULER_TASKS
+from .eval.passkey import passkey_min_length
+from .eval.ruler import ruler_min_length
+from .models import resolve_model
+from .models.loading import read_config
+from .prune import plan
+from .prune.apply import update_shape
+from .recipe import Pass, Recipe, RecipeError, load_recipe, model_passes, parse_overrides
 
 STAGE_VERSION = 1
 MARKER = ".compresskit-recipe"  # marks a directory as a recipe work directory (stale stages in it may be removed)
@@ -52,13 +62,18 @@ class Stage:
 
 @dataclass
 class RecipePlan:
-    """A validated recipe, its work directory and its stages in order."""
+    """A validated recipe, its work directory and its stages in order. ``in_memory``: a one-pass run
+    (``compresskit quantize`` ...) that keeps no stage results; ``record_recipe``: the output holds the
+    resolved recipe (``recipe.yaml``, ``config.json``'s ``compresskit_recipe``); ``title``: the report's."""
 
     recipe: Recipe
     work_dir: Path
     stages: list[Stage]
     overrides: dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False
+    in_memory: bool = False
+    record_recipe: bool = True
+    title: str = ""
 
     def stage(self, key: str) -> Stage:
         return next(s for s in self.stages if s.key == key)
@@ -89,13 +104,11 @@ def model_identity(name: str) -> dict[str, Any]:
 # --- checks that read the model's config ----------------------------------------------------------------
 
 def _model_config(name: str, what: str) -> tuple[Any, str | None]:
-    from .models.loading import read_config
-
     try:
         config = read_config(resolve_model(name))
         get_arch(config)
         return config, None
-    except (ModelNotFoundError, EmbeddedModelMissing, UnsupportedArchitectureError, OSError, ValueError) as e:
+    except (CompresskitError, OSError, ValueError) as e:
         return None, f"{what}: {e}"
 
 
@@ -114,18 +127,13 @@ def _seqlen_problem(p: Pass, seqlen: int, config: Any, who: str = "model") -> li
 def _layer_problems(p: Pass, config: Any, pruned: bool) -> list[str]:
     """The quantize pass checked against every linear of the model as it will be then (built on the meta
     device from the config, the earlier prune passes' shapes applied)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from .api import count_quantizable
-
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except Exception:  # noqa: BLE001  a model transformers cannot build from its config alone: checked when it runs
         return []
     try:
-        count_quantizable(model, p.config)
+        REGISTRY.spec_for(p.kind, p.config).check(PassContext(model), p.config)
     except ConfigError as e:
         return [f"{p.label}: {e}" + (" (widths after the prune pass)" if pruned else "")]
     return []
@@ -134,9 +142,6 @@ def _layer_problems(p: Pass, config: Any, pruned: bool) -> list[str]:
 def shape_problems(recipe: Recipe, config: Any, teachers: Mapping[str, Any]) -> list[str]:
     """Walk the passes over the model's config: prune ratios against its shape (then the pruned shape),
     sequence lengths against its context, quantization settings against every linear."""
-    from .prune import plan
-    from .prune.apply import update_shape
-
     config = copy.deepcopy(config)
     out: list[str] = []
     quantized = getattr(config, "quantization_config", None) is not None
@@ -159,7 +164,7 @@ def shape_problems(recipe: Recipe, config: Any, teachers: Mapping[str, Any]) -> 
                          intermediate=shape.keep_intermediate)
             config.num_hidden_layers, pruned = shape.keep_layers, True
         elif p.kind == "distill":
-            out += _seqlen_problem(p, p.config.seqlen, config)
+            out += _seqlen_problem(p, p.config.seqlen, config, "student" if p.teacher else "model")
             teacher = teachers.get(p.teacher) if p.teacher else None  # the recipe's model has the student's context
             if teacher is not None:
                 out += _seqlen_problem(p, p.config.seqlen, teacher, "teacher")
@@ -167,7 +172,7 @@ def shape_problems(recipe: Recipe, config: Any, teachers: Mapping[str, Any]) -> 
                     out.append(f"{p.label}, field teacher: the teacher's vocabulary ({teacher.vocab_size}) differs "
                                f"from the model's ({config.vocab_size}); distill from the model it was made from")
         elif p.kind == "quantize":
-            if isinstance(p.config, CalibratedConfig):
+            if getattr(p.config, "seqlen", None) is not None:
                 out += _seqlen_problem(p, p.config.seqlen, config)
             out += _layer_problems(p, config, pruned)
             quantized = True
@@ -177,10 +182,6 @@ def shape_problems(recipe: Recipe, config: Any, teachers: Mapping[str, Any]) -> 
 def prompt_problems(recipe: Recipe, tokenizer: Any, context: int | None) -> list[str]:
     """Prompt lengths the tokenizer cannot fit: passkey and RULER eval lengths, and the passkey prompts
     that score retrieval heads when pruning."""
-    from .eval import RULER_TASKS
-    from .eval.passkey import passkey_min_length
-    from .eval.ruler import ruler_min_length
-
     out: list[str] = []
     for p in recipe.passes:
         if p.config is None:
@@ -214,13 +215,14 @@ def build_stages(recipe: Recipe, work: Path, model_key: str, teacher_keys: Mappi
     for position, p in enumerate(recipe.passes, 1):
         base = {"pass": p.kind, "settings": p.key_settings(), "stage_version": STAGE_VERSION,
                 "compresskit": __version__}
-        if p.kind in MODEL_PASSES:
-            extra = {"teacher": teacher_keys[p.teacher or recipe.model]} if p.kind == "distill" else {}
+        if p.kind in model_passes():
+            spec = REGISTRY.spec_for(p.kind, p.config)
+            extra = {"teacher": teacher_keys[p.teacher or recipe.model]} if spec.needs_teacher else {}
             k = digest(base | {"input": key} | extra)
             stage = Stage(position, p, k, work / f"{p.kind}-{k}", (key,), source)
             key, source = k, str(stage.path)
         elif p.kind == "eval":
-            k = digest(base | {"model": key, "parent": model_key})
+            k = digest(base | {"model": key, "parent": teacher_keys.get(_baseline(p) or "", model_key)})
             stage = Stage(position, p, k, work / f"eval-{k}.json", (key,), source)
             evals[key] = stage
         elif p.kind == "save":
@@ -247,7 +249,7 @@ def saved_key(output: Path) -> str | None:
 
 
 def is_done(stage: Stage) -> bool:
-    if stage.kind in MODEL_PASSES:
+    if stage.kind in model_passes():
         return (stage.path / "config.json").is_file()
     if stage.kind == "save":
         return saved_key(stage.path) == stage.key
@@ -273,7 +275,7 @@ def mark_states(stages: list[Stage]) -> None:
             needed.update(s.inputs)
 
 
-def _path_problems(recipe: Recipe, stages: list[Stage], overwrite: bool) -> list[str]:
+def _path_problems(recipe: Recipe, stages: list[Stage], overwrite: bool, in_memory: bool = False) -> list[str]:
     out: list[str] = []
     output, work = Path(recipe.output), recipe.work_path
     save = next(s for s in stages if s.kind == "save")
@@ -284,6 +286,8 @@ def _path_problems(recipe: Recipe, stages: list[Stage], overwrite: bool) -> list
             what = "another recipe or other settings" if saved_key(output) else "something other than this recipe"
             out.append(f"output: {output} already exists (written by {what}); pass --overwrite (overwrite=True) to "
                        "replace it, or choose another output (--set output=DIR)")
+    if in_memory:  # a one-pass run keeps nothing in a work directory
+        return out
     o, w = output.absolute(), work.absolute()
     if w == o or o in w.parents:
         out.append(f"work_dir: {work} is inside the output {output}, which is replaced when it is saved; put the "
@@ -298,40 +302,44 @@ def _path_problems(recipe: Recipe, stages: list[Stage], overwrite: bool) -> list
 
 def plan_recipe(recipe: str | os.PathLike | Recipe | Mapping[str, Any], *,
                 overrides: Sequence[str] | Mapping[str, Any] | None = None,
-                work_dir: str | os.PathLike | None = None, overwrite: bool = False) -> RecipePlan:
+                work_dir: str | os.PathLike | None = None, overwrite: bool = False, in_memory: bool = False,
+                record_recipe: bool = True, title: str = "") -> RecipePlan:
     """Validate ``recipe`` (a file, a shipped name, a mapping or a `Recipe`) with ``overrides``
     (``["quantize.wbits=3"]`` or ``{"quantize.wbits": 3}``) against the model, and plan its stages.
-    Nothing is run or written. Every problem found is raised at once as one `RecipeError`."""
-    from .recipe import parse_overrides
-
+    Nothing is run or written. Every problem found is raised at once as one `RecipeError`. ``in_memory``
+    plans a run that keeps no stage results (every stage runs); see `RecipePlan` for the rest."""
     parsed, problems = load_recipe(recipe, overrides)
     values = parse_overrides(overrides)[0]
     source = parsed.source if parsed is not None else str(recipe if not isinstance(recipe, Mapping) else "<recipe>")
     if parsed is None:
-        raise RecipeError(source, problems)
+        raise RecipeError(source, problems, one_pass=in_memory)
     if work_dir is not None:
         parsed = replace(parsed, work_dir=str(work_dir))
     config, problem = _model_config(parsed.model, "model")
     problems += [problem] if problem else []
     teachers: dict[str, Any] = {parsed.model: config} if config is not None else {}
     for p in parsed.passes:
-        if p.kind == "distill" and p.teacher and p.teacher not in teachers:
-            teacher, problem = _model_config(p.teacher, f"{p.label}, field teacher")
+        other, what = (p.teacher, "teacher") if p.kind in model_passes() else (_baseline(p), "baseline")
+        if other and other not in teachers:
+            teacher, problem = _model_config(other, f"{p.label}, field {what}")
             problems += [problem] if problem else []
             if teacher is not None:
-                teachers[p.teacher] = teacher
+                teachers[other] = teacher
     if config is not None:
-        from transformers import AutoTokenizer
-
         problems += shape_problems(parsed, config, teachers)
         tokenizer = AutoTokenizer.from_pretrained(resolve_model(parsed.model))
         problems += prompt_problems(parsed, tokenizer, _context(config))
     if problems or any(p.config is None for p in parsed.passes):
-        raise RecipeError(source, problems)
+        raise RecipeError(source, problems, one_pass=in_memory)
     keys = {name: digest(model_identity(name)) for name in teachers}
     stages = build_stages(parsed, parsed.work_path, keys[parsed.model], keys)
-    mark_states(stages)
-    problems += _path_problems(parsed, stages, overwrite)
+    if not in_memory:
+        mark_states(stages)
+    problems += _path_problems(parsed, stages, overwrite, in_memory)
     if problems:
-        raise RecipeError(source, problems)
-    return RecipePlan(parsed, parsed.work_path, stages, values, overwrite)
+        raise RecipeError(source, problems, one_pass=in_memory)
+    return RecipePlan(parsed, parsed.work_path, stages, values, overwrite, in_memory, record_recipe, title)
+
+
+def _baseline(p: Pass) -> str | None:
+    return getattr(p.config, "baseline", None) if p.kind == "eval" and p.config is not None else None

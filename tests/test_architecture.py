@@ -22,9 +22,14 @@ ALLOWED = {
     "integrations": {"core", "kernels"},
     "prune": {"core"},
     "distill": {"core"},
-    "recipe": {"core", "prune", "distill", "eval"},  # the passes' config classes and eval task names
+    "recipe": {"core", "eval"},  # the registry (core) gives the passes' config classes; eval its settings
     "cli": {"api", "__init__"},
 }
+
+# the API modules, bottom up: each may import the rooms and the API modules before it, never one after it
+API_LAYERS = ["api_publish", "api_models", "api_eval", "api_prune", "api_distill", "api_passes", "api_recipe_plan",
+              "runner", "api_recipe", "api"]
+OPTIONAL_HEAVY = ("triton_kernels",)  # our modules that import an optional heavy package (triton) at their top
 ROOM_DIRS = {room: ROOT / "compresskit" / room for room in ALLOWED} | {"cli": ROOT / "cli", "calib": ROOT / "calib"}
 
 
@@ -94,3 +99,117 @@ def test_no_python_file_is_over_500_lines():
     long = {str(p.relative_to(ROOT)): n for p in ROOT.glob("**/*.py")
             if ".venv" not in p.parts and (n := len(p.read_text().splitlines())) > 500}
     assert not long, long
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("").parts
+    rel = rel if rel[0] == "compresskit" else ("compresskit", *rel)
+    return ".".join(rel[:-1] if rel[-1] == "__init__" else rel)
+
+
+def _import_graph() -> tuple[dict[str, set[str]], list[tuple[str, str, int]]]:
+    """Module -> our modules it imports (anywhere in the file), and the imports made inside functions."""
+    files = [p for d in ("compresskit", "cli", "calib") for p in (ROOT / d).rglob("*.py")]
+    modules = {_module_name(p): p for p in files}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    inner: list[tuple[str, str, int]] = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        in_function = {id(c) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                       for c in ast.walk(f) if c is not f}
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or "" if node.level == 0 else ".".join(
+                    package[: len(package) - node.level + 1] + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target not in modules and "." in target:
+                    target = target.rsplit(".", 1)[0]
+                if target in modules and target != name and target.startswith("compresskit"):
+                    graph[name].add(target)
+                    if id(node) in in_function:
+                        inner.append((name, target, node.lineno))
+    return graph, inner
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circle_between_files():
+    graph, _ = _import_graph()
+    assert not _cycles(graph), "import circles (imports inside functions included): " + str(_cycles(graph))
+
+
+def test_few_imports_of_our_modules_inside_functions():
+    """Imports sit at the top of a file, where the graph is visible; the few inside functions load data
+    modules on first use (import compresskit stays light) or an optional heavy package (triton)."""
+    _, inner = _import_graph()
+    ours = [(m, t, n) for m, t, n in inner if not m.startswith(("compresskit.cli", "compresskit.calib"))
+            and not t.endswith(OPTIONAL_HEAVY)]
+    assert len(ours) <= 15, ours
+    assert not [x for x in inner if x[0].startswith("compresskit.cli")], "cli/ imports at the top of its files"
+
+
+def test_api_modules_import_only_the_ones_below_them():
+    graph, _ = _import_graph()
+    bad = {}
+    for i, layer in enumerate(API_LAYERS):
+        above = {f"compresskit.{m}" for m in API_LAYERS[i + 1:]} | {"compresskit"}
+        wrong = graph[f"compresskit.{layer}"] & above
+        if wrong:
+            bad[layer] = sorted(wrong)
+    assert not bad, bad
+    unlisted = {m for m in graph if m.count(".") == 1 and m.split(".")[1].startswith("api")} - {
+        f"compresskit.{m}" for m in API_LAYERS}
+    assert not unlisted, f"add to API_LAYERS: {sorted(unlisted)}"
+
+
+def test_the_command_line_calls_only_the_api():
+    graph, _ = _import_graph()
+    cli = {m: deps for m, deps in graph.items() if m.startswith("compresskit.cli")}
+    wrong = {m: sorted(d - {"compresskit", "compresskit.api"} - set(cli)) for m, d in cli.items()}
+    assert not {m: d for m, d in wrong.items() if d}, wrong
+
+
+def test_no_method_list_or_isinstance_dispatch_on_configs_outside_the_registry():
+    """Methods are found through the registry: no other file lists the quantization methods or asks which
+    config class it holds."""
+    pattern = re.compile(r"isinstance\([^)]*,\s*\(?\s*(?:OmniQuantConfig|GPTQConfig|CalibratedConfig|PruneConfig|"
+                         r"DistillConfig)\b|\(\s*\"rtn\",\s*\"(?:omniquant|gptq)\"")
+    hits = [f"{p.relative_to(ROOT)}:{n}" for d in ("compresskit", "cli") for p in (ROOT / d).rglob("*.py")
+            for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not hits, hits

@@ -11,8 +11,10 @@ from typing import Any
 
 import torch.nn as nn
 
+from .errors import CompresskitError
 
-class UnsupportedArchitectureError(ValueError):
+
+class UnsupportedArchitectureError(CompresskitError, ValueError):
     """The model's family has no ArchSpec; the message lists the supported families."""
 
 

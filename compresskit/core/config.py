@@ -9,9 +9,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from .errors import ConfigError
+from .registry import REGISTRY
+
 SUPPORTED_WBITS = (2, 3, 4, 8)
 SUPPORTED_ABITS = (4, 6, 8, 16)
-SUPPORTED_METHODS = ("rtn", "omniquant", "gptq")
 SUPPORTED_EMBED_BITS = (8, 16)
 CONFIG_VERSION = 1
 
@@ -49,10 +51,6 @@ class JsonConfig:
                               f"({current_version}); upgrade compresskit")
 
 
-class ConfigError(ValueError):
-    """A configuration value is out of range; the message says which value and what is accepted."""
-
-
 @dataclass(frozen=True)
 class QuantConfig(JsonConfig):
     """What to quantize and how.
@@ -83,10 +81,8 @@ class QuantConfig(JsonConfig):
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in SUPPORTED_METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; supported: {', '.join(SUPPORTED_METHODS)}")
-        if type(self) is not METHOD_CONFIGS[self.method]:
-            want = METHOD_CONFIGS[self.method].__name__
+        want = REGISTRY.get("quantize", self.method).config.__name__  # ConfigError for an unknown method
+        if type(self) is not REGISTRY.get("quantize", self.method).config:
             raise ConfigError(f"method {self.method!r} is configured with {want}(...) "
                               f"(or QuantConfig.from_dict({{'method': {self.method!r}, ...}}))")
         if self.wbits == 6 and self.abits < 16:
@@ -116,12 +112,10 @@ class QuantConfig(JsonConfig):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
-        """Build the config class of ``d["method"]`` (``QuantConfig`` for rtn)."""
+        """Build the config class of ``d["method"]`` (``QuantConfig`` for rtn), as registered."""
         method = d.get("method", "rtn")
-        if method not in SUPPORTED_METHODS:
-            raise ConfigError(f"unknown method {method!r}; supported: {', '.join(SUPPORTED_METHODS)}")
-        if cls is QuantConfig and d.get("method") in METHOD_CONFIGS:
-            cls = METHOD_CONFIGS[d["method"]]
+        if cls is QuantConfig:
+            cls = REGISTRY.get("quantize", method).config
         cls.check_dict(d, "recipe's config", CONFIG_VERSION)
         d = dict(d)
         d["skip"] = tuple(d.get("skip", ()))
@@ -149,84 +143,6 @@ class CalibratedConfig(QuantConfig):
             raise ConfigError(f"seqlen={self.seqlen} must be at least 2")
         if self.nsamples % self.batch_size:
             raise ConfigError(f"nsamples={self.nsamples} must be a multiple of batch_size={self.batch_size}")
-
-
-@dataclass(frozen=True)
-class OmniQuantConfig(CalibratedConfig):
-    """OmniQuant (Shao et al., ICLR 2024): learnable weight clipping and equivalent transformation,
-    trained block by block against the full-precision block's output.
-
-    - ``lwc`` / ``let``: learn clipping factors / equivalent-transformation scales. ``let=None``
-      (the default) resolves as the published scripts run it: on for weight-activation configs,
-      off for weight-only ones (on SmolLM2-135M W4 it cost passkey accuracy; see bench/README.md).
-    - ``epochs``: passes over the calibration samples per block; None (the default) resolves to the
-      published 20, or 40 for W2, when the config is built, so the saved JSON holds the number.
-      ``epochs=0`` with ``lwc=False`` is SmoothQuant-style scaling followed by rounding.
-    - ``lr_lwc`` / ``lr_let``: AdamW learning rates (published 1e-2 / 5e-3), no weight decay.
-    - ``let_alpha``: SmoothQuant migration strength for the LET init (None: 0.75 for W4A4, else 0.5).
-    - ``max_retries``: on a NaN/inf loss, restore the block's last good parameters and retry with
-      the learning rates divided by 10, this many times; then fall back to RTN for that block.
-    """
-
-    method: str = "omniquant"
-    lwc: bool = True
-    let: bool | None = None
-    epochs: int | None = None
-    lr_lwc: float = 1e-2
-    lr_let: float = 5e-3
-    let_alpha: float | None = None
-    max_retries: int = 2
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.epochs is None:
-            object.__setattr__(self, "epochs", 40 if self.wbits == 2 else 20)
-        if self.let is None:
-            object.__setattr__(self, "let", self.abits < 16)
-        if self.epochs < 0:
-            raise ConfigError(f"epochs={self.epochs} must be >= 0")
-        if self.let_alpha is not None and not 0.0 <= self.let_alpha <= 1.0:
-            raise ConfigError(f"let_alpha={self.let_alpha} must lie in [0, 1]")
-
-    @property
-    def alpha(self) -> float:
-        if self.let_alpha is not None:
-            return self.let_alpha
-        return 0.75 if (self.wbits, self.abits) == (4, 4) else 0.5
-
-
-@dataclass(frozen=True)
-class GPTQConfig(CalibratedConfig):
-    """GPTQ (Frantar et al., 2023): column-by-column rounding with second-order error compensation,
-    one linear group at a time on the quantized stream. ``damp`` is the fraction of the mean Hessian
-    diagonal added for stability; ``block_size`` columns are updated lazily together."""
-
-    method: str = "gptq"
-    damp: float = 0.01
-    block_size: int = 128
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 < self.damp < 1:
-            raise ConfigError(f"damp={self.damp} must lie in (0, 1)")
-        if self.block_size < 1:
-            raise ConfigError(f"block_size={self.block_size} must be positive")
-
-
-METHOD_CONFIGS: dict[str, type[QuantConfig]] = {
-    "rtn": QuantConfig, "omniquant": OmniQuantConfig, "gptq": GPTQConfig,
-}
-
-
-def fields_for_method(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` restricted to the fields that ``values["method"]``'s config class accepts (front ends
-    collect every option; each method takes its own). An unknown method passes through unchanged,
-    so the config reports it."""
-    cls = METHOD_CONFIGS.get(values.get("method", "rtn"))
-    if cls is None:
-        return dict(values)
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
 
 
 def check_group_size(group_size: int) -> None:

@@ -14,8 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import CompresskitError, InputError
 
-class OutputExistsError(FileExistsError):
+
+class OutputExistsError(CompresskitError, FileExistsError):
     """The output path exists and overwriting was not asked for."""
 
 
@@ -84,7 +86,7 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
 
 def iter_jsonl(path: str | os.PathLike, errors: str = "strict") -> Iterator[tuple[str, Any]]:
     """``("file:line", decoded object)`` for every non-blank line of a JSON-lines file; a line that is
-    not JSON raises ``ValueError`` naming the file and line."""
+    not JSON raises `InputError` (a ``ValueError``) naming the file and line."""
     path = Path(path)
     with path.open(encoding="utf-8", errors=errors) as fh:
         for lineno, line in enumerate(fh, 1):
@@ -93,5 +95,5 @@ def iter_jsonl(path: str | os.PathLike, errors: str = "strict") -> Iterator[tupl
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+                raise InputError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
             yield f"{path}:{lineno}", obj

@@ -6,12 +6,8 @@ from typing import Any
 
 import torch.nn as nn
 
+from ..core.errors import MissingDependencyError  # noqa: F401 (raised here; re-exported by compresskit.distill)
 from .config import DistillConfig
-
-
-class MissingDependencyError(ImportError):
-    """An optional dependency a requested feature needs is not installed; the message says what to install."""
-
 
 PEFT_MISSING = ("LoRA distillation needs peft, which is not installed: pip install peft "
                 "(or pip install 'compresskit[distill]'); or distill all weights without --lora")

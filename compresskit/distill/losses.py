@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ..core.errors import ConfigError, InputError
 from .fused_head import IGNORE, fused_head_sums
 
 
@@ -142,7 +143,7 @@ def hidden_state_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = 
         return (1 - F.cosine_similarity(s, t, dim=-1, eps=1e-8)).mean()
     if kind == "mse":
         return (s - t).pow(2).mean(dim=-1).mean()
-    raise ValueError(f"hidden loss {kind!r} is not supported; use cosine or mse")
+    raise ConfigError(f"hidden loss {kind!r} is not supported; use cosine or mse")
 
 
 def layer_map(n_student: int, n_teacher: int, kept_layers: Sequence[int] | None = None,
@@ -153,19 +154,19 @@ def layer_map(n_student: int, n_teacher: int, kept_layers: Sequence[int] | None 
     student layer, the teacher layer it was cut from; without it the depths must match."""
     if kept_layers is None:
         if n_student != n_teacher:
-            raise ValueError(f"the student has {n_student} layers and the teacher {n_teacher}, and the student "
+            raise InputError(f"the student has {n_student} layers and the teacher {n_teacher}, and the student "
                              "records no kept_layers (config.compresskit_pruning); use hidden_weight=0 or a "
                              "student pruned by compresskit")
         kept = list(range(n_student))
     else:
         kept = [int(i) for i in kept_layers]
         if len(kept) != n_student:
-            raise ValueError(f"kept_layers lists {len(kept)} layers but the student has {n_student}: the record "
+            raise InputError(f"kept_layers lists {len(kept)} layers but the student has {n_student}: the record "
                              "does not describe this student")
         if any(b <= a for a, b in zip(kept, kept[1:])) or (kept and (kept[0] < 0 or kept[-1] >= n_teacher)):
-            raise ValueError(f"kept_layers={kept} must increase within the teacher's {n_teacher} layers")
+            raise InputError(f"kept_layers={kept} must increase within the teacher's {n_teacher} layers")
     chosen = list(range(n_student)) if not layers else [int(i) for i in layers]
     bad = [i for i in chosen if not 0 <= i < n_student]
     if bad:
-        raise ValueError(f"hidden_layers {bad} are outside the student's {n_student} layers (0..{n_student - 1})")
+        raise ConfigError(f"hidden_layers {bad} are outside the student's {n_student} layers (0..{n_student - 1})")
     return [(i, kept[i]) for i in chosen]

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..core.arch import ArchSpec, get_arch, get_module
+from ..core.errors import InputError
 from .config import DistillConfig
 from .losses import head_losses, hidden_state_loss, layer_map, next_token_labels
 
@@ -65,14 +66,14 @@ class Objective:
         s, t = core_model(student), core_model(teacher)
         spec = get_arch(s)
         if get_arch(t).family != spec.family:
-            raise ValueError(f"student ({spec.family}) and teacher ({get_arch(t).family}) are different families")
+            raise InputError(f"student ({spec.family}) and teacher ({get_arch(t).family}) are different families")
         if s.config.vocab_size != t.config.vocab_size:
-            raise ValueError(f"student vocabulary ({s.config.vocab_size}) differs from the teacher's "
+            raise InputError(f"student vocabulary ({s.config.vocab_size}) differs from the teacher's "
                              f"({t.config.vocab_size}): logit distillation needs the same tokenizer")
         mapping: list[tuple[int, int]] = []
         if config.hidden_weight:
             if s.config.hidden_size != t.config.hidden_size:
-                raise ValueError(f"hidden-state loss needs equal widths (student {s.config.hidden_size}, teacher "
+                raise InputError(f"hidden-state loss needs equal widths (student {s.config.hidden_size}, teacher "
                                  f"{t.config.hidden_size}); use hidden_weight=0")
             kept = (getattr(s.config, "compresskit_pruning", None) or {}).get("kept_layers")
             mapping = layer_map(len(spec.blocks_of(s)), len(spec.blocks_of(t)), kept, config.hidden_layers or None)

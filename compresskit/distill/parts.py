@@ -11,6 +11,7 @@ from typing import Sequence
 import torch.nn as nn
 
 from ..core.arch import get_arch, get_module
+from ..core.errors import ConfigError
 
 
 def _modules(model: nn.Module, part: str) -> list[nn.Module]:
@@ -26,7 +27,7 @@ def _modules(model: nn.Module, part: str) -> list[nn.Module]:
         return [get_module(model, spec.embed)]
     if part == "lm_head":
         return [get_module(model, spec.lm_head)]
-    raise ValueError(f"unknown student part {part!r}")
+    raise ConfigError(f"unknown student part {part!r}")
 
 
 def part_parameters(model: nn.Module, parts: Sequence[str]) -> list[nn.Parameter]:

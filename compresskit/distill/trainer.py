@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..core.errors import InputError
 from .checkpoint import TrainState, check_resumable, has_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .objective import Objective, core_model
@@ -151,7 +152,7 @@ def run_distillation(
             p.requires_grad_(id(p) in keep)
     params = [p for p in student.parameters() if p.requires_grad]
     if not params:
-        raise ValueError("the student has no trainable parameter")
+        raise InputError("the student has no trainable parameter")
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     state = TrainState()

@@ -7,9 +7,10 @@ through an optional ``progress(units_done)`` callback.
 from .cache import RowCache, model_fingerprint
 from .compare import Comparison, CompareRow, Gate, compare
 from .longbench import LongBenchResult, load_longbench, longbench
-from .output import write_plots, write_report_dir
+from .output import write_report_dir
 from .passkey import PasskeyResult, PasskeyTrial, passkey, passkey_prompt
 from .perplexity import PerplexityResult, perplexity, perplexity_ids
+from .plots import write_plots
 from .report import EvalReport, EvalRow
 from .ruler import RULER_TASKS, RulerResult, ruler
 from .suite import DEFAULT_TASKS, TASKS, count_tokens, evaluate, total_units

@@ -9,7 +9,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .report import EvalReport, format_score, markdown_table
+from ..core.errors import ConfigError, InputError
+from .report import EvalReport
+from .rows import format_score, markdown_table
 
 _EPS = 1e-9
 
@@ -25,7 +27,7 @@ class Gate:
         for name in ("max_drop", "max_ppl_increase"):
             v = getattr(self, name)
             if v is not None and (not math.isfinite(v) or v < 0):
-                raise ValueError(f"{name}={v} must be a non-negative number")
+                raise ConfigError(f"{name}={v} must be a non-negative number")
 
     def limit(self, metric: str) -> float:
         """The allowed drop: points for accuracy-type metrics, percent for perplexity."""
@@ -116,7 +118,7 @@ def compare(parent: EvalReport, child: EvalReport, gate: Gate | None = None) -> 
     for c in child.rows:
         p = parent.get(c.task, c.length)
         if p is None:
-            raise ValueError(f"the parent report has no {c.task}@{c.length}: evaluate both models with the "
+            raise InputError(f"the parent report has no {c.task}@{c.length}: evaluate both models with the "
                              "same tasks and lengths")
         drop = drop_of(c.metric, p.score, c.score)
         limit = None if gate is None else gate.limit(c.metric)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.errors import MissingDependencyError
+
 _MISSING = (
     "compresskit.eval.harness needs lm-evaluation-harness: pip install lm_eval "
     "(or pip install 'lm_eval>=0.4,<0.5')"
@@ -19,7 +21,7 @@ def _import_lm_eval() -> Any:
         import lm_eval
         import lm_eval.models.huggingface  # noqa: F401
     except ImportError as exc:
-        raise ImportError(_MISSING) from exc
+        raise MissingDependencyError(_MISSING) from exc
     return lm_eval
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..core.errors import ConfigError, InputError, MissingFileError
 from ..core.fsutil import iter_jsonl
 from ._runtime import Progress, eval_mode, report
 from .longbench_metrics import base_dataset, bucket_means, score_sample
@@ -103,20 +104,20 @@ class LongBenchResult:
 def _record_from_json(obj: Any, where: str) -> LongBenchRecord:
     """Validate one decoded line and build the record; ``where`` is "file:line" for errors."""
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     missing = [k for k in _REQUIRED if k not in obj]
     if missing:
-        raise ValueError(f"{where}: record is missing field(s) {', '.join(map(repr, missing))}")
+        raise InputError(f"{where}: record is missing field(s) {', '.join(map(repr, missing))}")
     answers = obj["answers"]
     if not isinstance(answers, list) or not all(isinstance(a, str) for a in answers):
-        raise ValueError(f"{where}: 'answers' must be a list of strings, got {answers!r:.80}")
+        raise InputError(f"{where}: 'answers' must be a list of strings, got {answers!r:.80}")
     classes = obj.get("all_classes")
     if classes is not None and not isinstance(classes, list):
-        raise ValueError(f"{where}: 'all_classes' must be a list or null, got {classes!r:.80}")
+        raise InputError(f"{where}: 'all_classes' must be a list or null, got {classes!r:.80}")
     try:
         length = int(obj["length"])
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: 'length' must be an integer, got {obj['length']!r:.80}") from None
+        raise InputError(f"{where}: 'length' must be an integer, got {obj['length']!r:.80}") from None
     return LongBenchRecord(
         input=str(obj["input"]), context=str(obj["context"]), answers=list(answers), length=length,
         dataset=str(obj.get("dataset") or ""), language=str(obj.get("language") or ""),
@@ -129,14 +130,14 @@ def _resolve_file(path: Path, dataset: str | None) -> Path:
     if path.is_file():
         return path
     if not path.is_dir():
-        raise FileNotFoundError(f"LongBench data not found: {path} is neither a file nor a directory")
+        raise MissingFileError(f"LongBench data not found: {path} is neither a file nor a directory")
     if not dataset:
-        raise ValueError(f"{path} is a directory: pass dataset= to pick {{dataset}}.jsonl in it")
+        raise InputError(f"{path} is a directory: pass dataset= to pick {{dataset}}.jsonl in it")
     tried = [path / f"{dataset}.jsonl", path / "data" / f"{dataset}.jsonl"]
     for candidate in tried:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"LongBench file for {dataset!r} not found; tried {', '.join(map(str, tried))} "
         "(LongBench-E files are named {dataset}_e.jsonl: pass e.g. dataset='qasper_e')"
     )
@@ -166,7 +167,7 @@ def prompt_text(record: LongBenchRecord, dataset: str | None = None) -> str:
     """The official template of ``dataset`` (default: the record's own) filled with the record."""
     name = dataset or record.dataset
     if not name:
-        raise ValueError("the record has no 'dataset' field: pass dataset=")
+        raise InputError("the record has no 'dataset' field: pass dataset=")
     return DATASET_PROMPT[base_dataset(name)].format(context=record.context, input=record.input)
 
 
@@ -186,13 +187,13 @@ def build_prompt(
     own tokens come on top of ``max_length``.
     """
     if max_length < 1:
-        raise ValueError(f"max_length={max_length} must be >= 1")
+        raise ConfigError(f"max_length={max_length} must be >= 1")
     text = prompt_text(record, dataset)
     name = base_dataset(dataset or record.dataset)
     if not chat or name in NO_CHAT_DATASETS:
         return head_tail(list(tokenizer(text, add_special_tokens=True)["input_ids"]), max_length)
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("chat=True needs a tokenizer with a chat template (tokenizer.chat_template is None)")
+        raise InputError("chat=True needs a tokenizer with a chat template (tokenizer.chat_template is None)")
     ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
     if len(ids) > max_length:
         cut = head_tail(ids, max_length)
@@ -233,10 +234,10 @@ def longbench(
     """
     name = base_dataset(dataset)
     if limit is not None and limit < 1:
-        raise ValueError(f"limit={limit} must be >= 1 (or None for all records)")
+        raise ConfigError(f"limit={limit} must be >= 1 (or None for all records)")
     records = _records(path_or_records, dataset)[:limit]
     if not records:
-        raise ValueError(f"no LongBench records for {dataset!r}")
+        raise InputError(f"no LongBench records for {dataset!r}")
     budget = DATASET_MAXLEN[name] if max_new_tokens is None else max_new_tokens
     samples: list[LongBenchSample] = []
     with eval_mode(model):

@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from difflib import SequenceMatcher
 from typing import Any
 
+from ..core.errors import ConfigError, InputError, MissingDependencyError
+
 Metric = Callable[..., float]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -51,7 +53,7 @@ def _jieba_cut(text: str) -> list[str]:
     try:
         import jieba
     except ImportError:
-        raise ImportError(
+        raise MissingDependencyError(
             "Scoring the Chinese LongBench datasets (multifieldqa_zh, dureader, vcsum) needs the "
             "'jieba' word segmenter, as in the official metrics: pip install jieba"
         ) from None
@@ -150,7 +152,7 @@ def classification_score(prediction: str, ground_truth: str, **kwargs: Any) -> f
     """
     all_classes = kwargs.get("all_classes")
     if all_classes is None:
-        raise ValueError("classification_score needs all_classes=[...] (the record's class names)")
+        raise InputError("classification_score needs all_classes=[...] (the record's class names)")
     matched = [name for name in all_classes if name in prediction]
     i = 0
     while i < len(matched):
@@ -176,7 +178,7 @@ def count_score(prediction: str, ground_truth: str, **kwargs: Any) -> float:
 def _paragraph_id(pattern: str, ground_truth: str) -> str:
     match = re.search(pattern, ground_truth)
     if match is None:
-        raise ValueError(f"ground truth {ground_truth!r} does not name a paragraph (pattern {pattern!r})")
+        raise InputError(f"ground truth {ground_truth!r} does not name a paragraph (pattern {pattern!r})")
     return match.group(1)
 
 
@@ -252,7 +254,7 @@ def base_dataset(dataset: str) -> str:
     base = dataset[:-2] if dataset.endswith("_e") else dataset
     if base not in DATASET_METRIC or (base != dataset and base not in LONGBENCH_E_DATASETS):
         known = ", ".join(sorted(DATASET_METRIC))
-        raise ValueError(f"unknown LongBench dataset {dataset!r}; known: {known} (add _e for LongBench-E)")
+        raise ConfigError(f"unknown LongBench dataset {dataset!r}; known: {known} (add _e for LongBench-E)")
     return base
 
 

@@ -12,30 +12,15 @@ from typing import Any
 
 from ..core.fsutil import write_json_atomic
 from .compare import Comparison
-from .report import EvalReport, markdown_table
+from .plots import write_plots
+from .report import EvalReport
+from .rows import markdown_table
 
 
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-def write_plots(directory: str | os.PathLike, child: EvalReport, parent: EvalReport | None = None) -> list[Path]:
-    """``heatmap_<task>.png`` for every retrieval task with per-trial depths (parent beside the
-    child when given) and ``ppl_vs_length.png``; raises ImportError without matplotlib."""
-    from .plots import needle_tasks, plot_needle_heatmap, plot_ppl_curve
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    out = []
-    for task in needle_tasks(child):
-        out.append(plot_needle_heatmap(child, task, directory / f"heatmap_{task}.png", baseline=parent,
-                                       title=f"{task}: score by depth and length"))
-    if any(r.task == "ppl" for r in child.rows):
-        reports = {"parent": parent, "compressed": child} if parent is not None else {"model": child}
-        out.append(plot_ppl_curve(reports, directory / "ppl_vs_length.png", title="perplexity vs length"))
-    return out
 
 
 def _plots(directory: Path, parent: EvalReport | None, child: EvalReport) -> tuple[list[Path], str | None]:
@@ -68,3 +53,6 @@ def write_report_dir(directory: str | os.PathLike, child: EvalReport, parent: Ev
         md.append(f"\nPlots skipped: {missing}\n")
     _write_text(directory / "report.md", "".join(md))
     return [directory / "report.json", directory / "report.md", *pngs]
+
+
+__all__ = ["write_plots", "write_report_dir"]  # write_plots lives in .plots, re-exported here

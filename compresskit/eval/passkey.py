@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..core.errors import ConfigError, InputError
 from ._runtime import Progress, eval_mode, model_device, report
 
 PREFIX = (
@@ -86,10 +87,10 @@ def passkey_prompt(tokenizer: Any, length: int, depth: float, key: int) -> list[
     filler is longer than ``length`` or ``depth`` is outside [0, 1].
     """
     if not 0.0 <= depth <= 1.0:
-        raise ValueError(f"depth={depth} must lie in [0, 1]")
+        raise ConfigError(f"depth={depth} must lie in [0, 1]")
     base = len(_encode(tokenizer, passkey_text(0, depth, key)))
     if base > length:
-        raise ValueError(
+        raise InputError(
             f"length={length} is too short for a passkey prompt: even with no filler it takes "
             f"{base} tokens; use length >= {base}"
         )
@@ -151,13 +152,13 @@ def passkey(
     with 1 after each trial.
     """
     if trials < 1:
-        raise ValueError(f"trials={trials} must be >= 1")
+        raise ConfigError(f"trials={trials} must be >= 1")
     depth_list = list(depths) if depths is not None else default_depths(trials)
     if not depth_list:
-        raise ValueError("depths must not be empty (or pass None for evenly spaced depths)")
+        raise ConfigError("depths must not be empty (or pass None for evenly spaced depths)")
     bad = [d for d in depth_list if not 0.0 <= d <= 1.0]
     if bad:
-        raise ValueError(f"depths must lie in [0, 1], got {bad}")
+        raise ConfigError(f"depths must lie in [0, 1], got {bad}")
     rng = random.Random(seed)
     results: list[PasskeyTrial] = []
     with eval_mode(model):

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..core.errors import ConfigError, InputError
 from ._runtime import Progress, eval_mode, model_device, report
 
 
@@ -48,19 +49,19 @@ def check_perplexity_args(
 ) -> None:
     """Raise ``ValueError`` if a perplexity run with these numbers cannot work."""
     if seqlen < 2:
-        raise ValueError(f"seqlen={seqlen} is too small: a window needs at least 2 tokens to predict one")
+        raise ConfigError(f"seqlen={seqlen} is too small: a window needs at least 2 tokens to predict one")
     if max_windows is not None and max_windows < 1:
-        raise ValueError(f"max_windows={max_windows} must be >= 1 (or None for all windows)")
+        raise ConfigError(f"max_windows={max_windows} must be >= 1 (or None for all windows)")
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if max_pos is not None and seqlen > max_pos:
-        raise ValueError(
+        raise InputError(
             f"seqlen={seqlen} exceeds model.config.max_position_embeddings={max_pos}; "
             f"use seqlen <= {max_pos}"
         )
     if n_tokens < seqlen:
-        raise ValueError(
+        raise InputError(
             f"text has only {n_tokens} tokens, fewer than seqlen={seqlen}, so not even one window fits; "
             f"pass a longer text (>= {seqlen} tokens) or a smaller seqlen"
         )

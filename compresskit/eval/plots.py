@@ -2,7 +2,8 @@
 
 matplotlib is imported lazily (Agg backend) by the plotting functions only, so importing this
 module costs nothing; PNGs are written atomically (temp file in the target directory, then
-``os.replace``).
+``os.replace``). The functions read only a report's ``rows`` (`HasRows`), so this module sits below
+`.report` (whose ``EvalReport.plot`` calls `write_plots`) and imports nothing above `.rows`.
 """
 from __future__ import annotations
 
@@ -13,17 +14,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .report import EvalReport, EvalRow
+from ..core.errors import InputError, MissingDependencyError
+from .rows import EvalRow, HasRows
 
 _DEPTH_DIGITS = 6  # depths are rounded so float noise does not split a grid row
 
 
 def _pyplot() -> Any:
-    """``matplotlib.pyplot`` on the Agg backend; ImportError with an install hint if missing."""
+    """``matplotlib.pyplot`` on the Agg backend; `MissingDependencyError` (an ImportError) with an install hint
+    if missing."""
     try:
         import matplotlib
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install matplotlib") from exc
+        raise MissingDependencyError("plotting needs matplotlib: pip install matplotlib") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -43,7 +46,7 @@ def _trial_scores(row: EvalRow) -> list[tuple[float, float]]:
     return out
 
 
-def needle_tasks(report: EvalReport) -> list[str]:
+def needle_tasks(report: HasRows) -> list[str]:
     """Tasks (in first-seen order) with at least one row carrying per-trial depths."""
     tasks: list[str] = []
     for row in report.rows:
@@ -52,20 +55,20 @@ def needle_tasks(report: EvalReport) -> list[str]:
     return tasks
 
 
-def depth_grid(report: EvalReport, task: str) -> tuple[list[int], list[float], list[list[float]]]:
+def depth_grid(report: HasRows, task: str) -> tuple[list[int], list[float], list[list[float]]]:
     """Sorted lengths, sorted depths (0..1) and mean score (0..100) per ``[depth][length]``, NaN if empty.
 
-    Raises ``ValueError`` if ``task`` has no rows or none of its rows has per-trial depths.
+    Raises `InputError` (a ``ValueError``) if ``task`` has no rows or none of its rows has per-trial depths.
     """
     rows = [r for r in report.rows if r.task == task]
     if not rows:
-        raise ValueError(f"task {task!r} has no rows in the report")
+        raise InputError(f"task {task!r} has no rows in the report")
     cells: dict[tuple[float, int], list[float]] = defaultdict(list)
     for row in rows:
         for depth, score in _trial_scores(row):
             cells[(depth, row.length)].append(score)
     if not cells:
-        raise ValueError(f"task {task!r} has no per-trial needle depths to plot")
+        raise InputError(f"task {task!r} has no per-trial needle depths to plot")
     lengths = sorted({r.length for r in rows})
     depths = sorted({d for d, _ in cells})
     grid = [
@@ -92,7 +95,7 @@ def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _heatmap(ax: Any, report: EvalReport, task: str, title: str, ylabel: bool = True) -> Any:
+def _heatmap(ax: Any, report: HasRows, task: str, title: str, ylabel: bool = True) -> Any:
     """Draw one needle heatmap on ``ax`` (x: length, y: depth % with 0 on top); return the image."""
     import matplotlib
     import numpy as np
@@ -116,12 +119,12 @@ def _heatmap(ax: Any, report: EvalReport, task: str, title: str, ylabel: bool = 
 
 
 def plot_needle_heatmap(
-    report: EvalReport,
+    report: HasRows,
     task: str,
     path: str | os.PathLike[str],
     *,
     title: str | None = None,
-    baseline: EvalReport | None = None,
+    baseline: HasRows | None = None,
 ) -> Path:
     """Needle-in-a-haystack heatmap of ``task`` as PNG; with ``baseline``, panels baseline | compressed."""
     plt = _pyplot()
@@ -146,7 +149,7 @@ def plot_needle_heatmap(
 
 
 def plot_ppl_curve(
-    reports: dict[str, EvalReport], path: str | os.PathLike[str], *, title: str | None = None
+    reports: dict[str, HasRows], path: str | os.PathLike[str], *, title: str | None = None
 ) -> Path:
     """Perplexity vs context length, one line per label, log2 x axis; PNG written to ``path``."""
     series: dict[str, list[tuple[int, float]]] = {}
@@ -157,7 +160,7 @@ def plot_ppl_curve(
         if points:
             series[label] = points
     if not series:
-        raise ValueError("no report has finite perplexity ('ppl') rows to plot")
+        raise InputError("no report has finite perplexity ('ppl') rows to plot")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for label, points in series.items():
@@ -172,3 +175,21 @@ def plot_ppl_curve(
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(fig, plt, path)
+
+
+def write_plots(directory: str | os.PathLike, child: HasRows, parent: HasRows | None = None) -> list[Path]:
+    """``heatmap_<task>.png`` for every retrieval task with per-trial depths (parent beside the
+    child when given) and ``ppl_vs_length.png`` (when the child has perplexity rows and some report a
+    finite one: a model whose perplexity overflowed gets no curve, not an error); raises
+    `MissingDependencyError` (an ImportError) without matplotlib."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    out = []
+    for task in needle_tasks(child):
+        out.append(plot_needle_heatmap(child, task, directory / f"heatmap_{task}.png", baseline=parent,
+                                       title=f"{task}: score by depth and length"))
+    reports = {"parent": parent, "compressed": child} if parent is not None else {"model": child}
+    finite = any(r.metric == "ppl" and math.isfinite(r.score) for rep in reports.values() for r in rep.rows)
+    if any(r.task == "ppl" for r in child.rows) and finite:
+        out.append(plot_ppl_curve(reports, directory / "ppl_vs_length.png", title="perplexity vs length"))
+    return out

@@ -1,49 +1,13 @@
-"""Task-independent result containers: one :class:`EvalRow` per (task, length), one report per run."""
+"""Task-independent result container: one :class:`EvalReport` per run, holding one :class:`EvalRow` (defined in
+`.rows`) per (task, length)."""
 from __future__ import annotations
 
-import math
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-
-@dataclass
-class EvalRow:
-    """One score: ``metric`` is "ppl", "acc" (0..100) or "score" (LongBench, 0..100); ``details`` is the
-    task result's ``to_dict()``."""
-
-    task: str
-    length: int
-    score: float
-    metric: str
-    higher_is_better: bool
-    details: dict = field(default_factory=dict)
-    cached: bool = False  # served from the evaluation cache, not recomputed in this run
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EvalRow:
-        """Inverse of ``dataclasses.asdict`` for a row."""
-        return cls(
-            task=str(data["task"]),
-            length=int(data["length"]),
-            score=float(data["score"]),
-            metric=str(data["metric"]),
-            higher_is_better=bool(data["higher_is_better"]),
-            details=dict(data.get("details") or {}),
-            cached=bool(data.get("cached", False)),
-        )
-
-
-def markdown_table(rows: list[list[str]]) -> str:
-    """A header row plus body rows as a Markdown table."""
-    header, *body = rows
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body]) + "\n"
-
-
-def format_score(score: float, metric: str) -> str:
-    """Human-readable score: perplexity with 3 decimals, accuracy as a percentage with 1."""
-    if math.isinf(score) or math.isnan(score):
-        return str(score)
-    return f"{score:.3f}" if metric == "ppl" else f"{score:.1f}%" if metric == "acc" else f"{score:.2f}"
+from .plots import write_plots
+from .rows import EvalRow, format_score, markdown_table  # noqa: F401 (EvalRow, markdown_table re-exported)
 
 
 @dataclass
@@ -67,11 +31,9 @@ class EvalReport:
         """The row for ``task`` at ``length``, or None if it was not run."""
         return next((r for r in self.rows if r.task == task and r.length == length), None)
 
-    def plot(self, directory: str, baseline: EvalReport | None = None) -> list:
+    def plot(self, directory: str | os.PathLike, baseline: EvalReport | None = None) -> list[Path]:
         """PNG plots into ``directory``: a depth x length heatmap per retrieval task (``baseline``
         beside it when given) and perplexity vs length. Returns the paths."""
-        from .output import write_plots
-
         return write_plots(directory, self, baseline)
 
     def table(self) -> list[list[str]]:

@@ -13,6 +13,7 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..core.errors import ConfigError, InputError
 from ._runtime import Progress, eval_mode, report
 from .passkey import _encode, _generate, _largest_fitting, default_depths
 from .ruler_data import NIAH_TASKS, TASKS, Draft, build_draft, max_new_tokens
@@ -70,7 +71,7 @@ def resolve_task(task: str) -> str:
     """The canonical task name for ``task`` or an alias; ``ValueError`` for unknown names."""
     name = RULER_ALIASES.get(task, task)
     if name not in RULER_TASKS:
-        raise ValueError(f"unknown RULER task {task!r}; choose from {', '.join(RULER_TASKS)} (or 'niah')")
+        raise ConfigError(f"unknown RULER task {task!r}; choose from {', '.join(RULER_TASKS)} (or 'niah')")
     return name
 
 
@@ -82,7 +83,7 @@ def _fit(tokenizer: Any, task: str, draft: Draft, length: int) -> list[int]:
 
     base = count(0)
     if base > length:
-        raise ValueError(
+        raise InputError(
             f"length={length} is too short for RULER task {task!r}: even with no haystack the prompt "
             f"takes {base} tokens; use length >= {base}"
         )
@@ -111,9 +112,9 @@ def ruler_sample(
     """
     name = resolve_task(task)
     if depth is not None and not (name in NIAH_TASKS and 0.0 <= depth <= 1.0):
-        raise ValueError(f"depth={depth} must lie in [0, 1] and applies to NIAH tasks only (task {name!r})")
+        raise ConfigError(f"depth={depth} must lie in [0, 1] and applies to NIAH tasks only (task {name!r})")
     if haystack_text is not None and not haystack_text.split():
-        raise ValueError("haystack_text is empty (pass None to use the noise haystack)")
+        raise InputError("haystack_text is empty (pass None to use the noise haystack)")
     draft = build_draft(name, rng, length, haystack_text, depth)
     ids = _fit(tokenizer, name, draft, length)
     return RulerSample(name, length, ids, draft.references, max_new_tokens(name), depth, draft.haystack)
@@ -160,7 +161,7 @@ def ruler(
     """
     name = resolve_task(task)
     if samples < 1:
-        raise ValueError(f"samples={samples} must be >= 1")
+        raise ConfigError(f"samples={samples} must be >= 1")
     depths = default_depths(samples) if name in NIAH_TASKS else [None] * samples
     rng, trials = random.Random(seed), []
     with eval_mode(model):

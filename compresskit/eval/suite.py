@@ -16,9 +16,10 @@ from typing import Any
 
 import torch
 
+from ..core.errors import ConfigError, InputError
 from ._runtime import Progress
 from .cache import RowCache
-from .longbench import load_longbench
+from .longbench import load_longbench, longbench
 from .longbench_metrics import base_dataset
 from .passkey import passkey, passkey_min_length
 from .perplexity import check_perplexity_args, encode_text, num_windows, perplexity_ids
@@ -31,7 +32,7 @@ LONGBENCH_PREFIX = "longbench:"
 
 
 @dataclass(frozen=True)
-class EvalSettings:
+class TaskKnobs:
     """Task knobs shared by one :func:`evaluate` call (``text_tokens``: tokens of the ppl text;
     ``text``: the held-out text, also the essay haystack of the RULER tasks that use one)."""
 
@@ -73,19 +74,19 @@ def _file_digest(path: str | None, task: str) -> str | None:
 class TaskSpec:
     """How to validate, size and run one task at one length."""
 
-    check: Callable[[Any, Any, int, EvalSettings], None]
-    units: Callable[[int, EvalSettings], int]
-    run: Callable[[Any, Any, int, EvalSettings, torch.Tensor | None, Progress], EvalRow]
+    check: Callable[[Any, Any, int, TaskKnobs], None]
+    units: Callable[[int, TaskKnobs], int]
+    run: Callable[[Any, Any, int, TaskKnobs, torch.Tensor | None, Progress], EvalRow]
     needs_text: bool = False
 
 
-def _ppl_check(model: Any, tokenizer: Any, length: int, s: EvalSettings) -> None:
+def _ppl_check(model: Any, tokenizer: Any, length: int, s: TaskKnobs) -> None:
     """Fail fast on windows that cannot be formed or exceed the model's positions."""
     check_perplexity_args(model, s.text_tokens, length, s.ppl_windows)
 
 
 def _ppl_run(
-    model: Any, tokenizer: Any, length: int, s: EvalSettings, ids: torch.Tensor | None, progress: Progress
+    model: Any, tokenizer: Any, length: int, s: TaskKnobs, ids: torch.Tensor | None, progress: Progress
 ) -> EvalRow:
     """Perplexity at window length ``length`` as an :class:`EvalRow`."""
     assert ids is not None
@@ -93,17 +94,17 @@ def _ppl_run(
     return EvalRow("ppl", length, res.ppl, "ppl", False, res.to_dict())
 
 
-def _passkey_check(model: Any, tokenizer: Any, length: int, s: EvalSettings) -> None:
+def _passkey_check(model: Any, tokenizer: Any, length: int, s: TaskKnobs) -> None:
     """Fail fast on prompt lengths too short for the passkey template."""
     if s.passkey_trials < 1:
-        raise ValueError(f"passkey_trials={s.passkey_trials} must be >= 1")
+        raise ConfigError(f"passkey_trials={s.passkey_trials} must be >= 1")
     need = passkey_min_length(tokenizer)
     if length < need:
-        raise ValueError(f"passkey length={length} is too short: the prompt needs >= {need} tokens")
+        raise InputError(f"passkey length={length} is too short: the prompt needs >= {need} tokens")
 
 
 def _passkey_run(
-    model: Any, tokenizer: Any, length: int, s: EvalSettings, ids: torch.Tensor | None, progress: Progress
+    model: Any, tokenizer: Any, length: int, s: TaskKnobs, ids: torch.Tensor | None, progress: Progress
 ) -> EvalRow:
     """Passkey accuracy at prompt length ``length`` as an :class:`EvalRow`."""
     res = passkey(model, tokenizer, length, trials=s.passkey_trials, seed=s.seed, progress=progress)
@@ -111,14 +112,14 @@ def _passkey_run(
 
 
 def _ruler_spec(task: str) -> TaskSpec:
-    def check(model: Any, tokenizer: Any, length: int, s: EvalSettings) -> None:
+    def check(model: Any, tokenizer: Any, length: int, s: TaskKnobs) -> None:
         if s.samples < 1:
-            raise ValueError(f"samples={s.samples} must be >= 1")
+            raise ConfigError(f"samples={s.samples} must be >= 1")
         need = ruler_min_length(tokenizer, task)
         if length < need:
-            raise ValueError(f"{task} length={length} is too short: the prompt needs >= {need} tokens")
+            raise InputError(f"{task} length={length} is too short: the prompt needs >= {need} tokens")
 
-    def run(model: Any, tokenizer: Any, length: int, s: EvalSettings, ids: Any, progress: Progress) -> EvalRow:
+    def run(model: Any, tokenizer: Any, length: int, s: TaskKnobs, ids: Any, progress: Progress) -> EvalRow:
         res = ruler(model, tokenizer, task, length, samples=s.samples, seed=s.seed, haystack_text=s.text,
                     progress=progress)
         return EvalRow(task, length, res.score, "acc", True, res.to_dict())
@@ -129,22 +130,20 @@ def _ruler_spec(task: str) -> TaskSpec:
 def _longbench_spec(task: str) -> TaskSpec:
     dataset = task[len(LONGBENCH_PREFIX):]
 
-    def records(s: EvalSettings) -> list[Any]:
+    def records(s: TaskKnobs) -> list[Any]:
         if s.longbench_path is None:
-            raise ValueError(f"task {task!r} needs longbench_path (--longbench DIR): the directory of the "
+            raise InputError(f"task {task!r} needs longbench_path (--longbench DIR): the directory of the "
                              "official LongBench jsonl files")
         return load_longbench(s.longbench_path, dataset)[: s.longbench_limit]
 
-    def check(model: Any, tokenizer: Any, length: int, s: EvalSettings) -> None:
+    def check(model: Any, tokenizer: Any, length: int, s: TaskKnobs) -> None:
         base_dataset(dataset)  # unknown dataset names fail here
         if s.longbench_limit is not None and s.longbench_limit < 1:
-            raise ValueError(f"longbench_limit={s.longbench_limit} must be >= 1")
+            raise ConfigError(f"longbench_limit={s.longbench_limit} must be >= 1")
         if not records(s):
-            raise ValueError(f"no LongBench records for {dataset!r} in {s.longbench_path}")
+            raise InputError(f"no LongBench records for {dataset!r} in {s.longbench_path}")
 
-    def run(model: Any, tokenizer: Any, length: int, s: EvalSettings, ids: Any, progress: Progress) -> EvalRow:
-        from .longbench import longbench
-
+    def run(model: Any, tokenizer: Any, length: int, s: TaskKnobs, ids: Any, progress: Progress) -> EvalRow:
         res = longbench(model, tokenizer, records(s), dataset, max_length=length, progress=progress)
         return EvalRow(task, length, res.score, "score", True, res.to_dict())
 
@@ -181,9 +180,9 @@ def validate_tasks(tasks: Sequence[str]) -> tuple[str, ...]:
     known = f"known tasks: {', '.join(TASKS)}, niah (= niah_single_1), longbench:<dataset>"
     unknown = [t for t in tasks if _canonical(t) is None]
     if unknown:
-        raise ValueError(f"unknown eval task(s) {unknown}; {known}")
+        raise ConfigError(f"unknown eval task(s) {unknown}; {known}")
     if not tasks:
-        raise ValueError(f"no eval tasks given; {known}")
+        raise ConfigError(f"no eval tasks given; {known}")
     return tuple(dict.fromkeys(_canonical(t) for t in tasks))  # type: ignore[misc]
 
 
@@ -191,7 +190,7 @@ def _validate_lengths(lengths: Sequence[int]) -> tuple[int, ...]:
     """Lengths as a tuple of positive ints; ``ValueError`` if empty or not positive."""
     out = tuple(int(n) for n in lengths)
     if not out or any(n < 1 for n in out):
-        raise ValueError(f"lengths must be a non-empty sequence of positive ints, got {list(lengths)}")
+        raise ConfigError(f"lengths must be a non-empty sequence of positive ints, got {list(lengths)}")
     return out
 
 
@@ -208,7 +207,7 @@ def total_units(
 ) -> int:
     """Total progress units :func:`evaluate` will report with the same arguments (rows served from
     the cache report their units at once)."""
-    s = EvalSettings(ppl_windows=ppl_windows, passkey_trials=passkey_trials, text_tokens=text_tokens,
+    s = TaskKnobs(ppl_windows=ppl_windows, passkey_trials=passkey_trials, text_tokens=text_tokens,
                      samples=samples, longbench_path=longbench_path, longbench_limit=longbench_limit)
     return sum(_spec(t).units(n, s) for t in validate_tasks(tasks) for n in _validate_lengths(lengths))
 
@@ -247,9 +246,9 @@ def evaluate(
     ids = None
     if any(_spec(t).needs_text for t in tasks):
         if text is None:
-            raise ValueError("task 'ppl' needs text=... (the evaluation corpus as one string)")
+            raise InputError("task 'ppl' needs text=... (the evaluation corpus as one string)")
         ids = encode_text(tokenizer, text)
-    s = EvalSettings(ppl_windows, passkey_trials, seed, int(ids.numel()) if ids is not None else 0, samples, text,
+    s = TaskKnobs(ppl_windows, passkey_trials, seed, int(ids.numel()) if ids is not None else 0, samples, text,
                      None if longbench_path is None else str(longbench_path), longbench_limit)
     for t in tasks:
         for n in lengths:

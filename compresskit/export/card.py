@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.version import __version__
+
 CARD_VERSION = 1
 TASK_TYPE = "text-generation"
 
@@ -245,8 +247,6 @@ def build_card(directory: str | os.PathLike, *, name: str | None = None, parent:
                evaluation: dict[str, Any] | None = None):
     """The ``ModelCard`` of the artifact in ``directory`` (read from its files; nothing is fetched)."""
     from huggingface_hub import ModelCard, ModelCardData
-
-    from ..core.version import __version__
 
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())

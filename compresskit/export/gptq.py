@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..core.errors import InputError
 from ..core.packing import pack_int, unpack_int
 from ..core.version import __version__
 from .source import (
@@ -58,7 +59,7 @@ def quantization_config(bits: int, group_size: int, sym: bool, checkpoint_format
     if bits not in GPTQ_BITS:
         raise NotExpressibleError(f"GPTQ stores {', '.join(map(str, GPTQ_BITS))}-bit weights, not {bits}-bit")
     if checkpoint_format not in CHECKPOINT_FORMATS:
-        raise ValueError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}")
+        raise InputError(f"checkpoint_format must be one of {CHECKPOINT_FORMATS}, got {checkpoint_format!r}")
     cfg: dict[str, Any] = {
         "quant_method": "gptq",
         "bits": bits,

@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.errors import CompresskitError
+
 DEFAULT_REVISION = "main"
 HUB_FILES = (".gitattributes",)  # what the hub itself puts in a new repo
 TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
 
 
-class PushError(ValueError):
+class PushError(CompresskitError, ValueError):
     """The push did not happen; the message says why and what to do."""
 
 

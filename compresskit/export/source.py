@@ -16,9 +16,11 @@ from typing import Any, Callable
 import torch
 
 from ..core.arch import get_arch
+from ..core.errors import CompresskitError
 from ..core.fsutil import atomic_output_dir
 from ..core.manifest import QUANT_METHOD, LinearEntry, QuantManifest
 from ..core.version import __version__
+from .native import DEFAULT_SHARD_BYTES, write_safetensors
 
 EXPORT_RECORD_VERSION = 1
 FLOAT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -26,7 +28,7 @@ FLOAT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _REWRITTEN = {"config.json", "README.md", "model.safetensors.index.json"}
 
 
-class ExportError(ValueError):
+class ExportError(CompresskitError, ValueError):
     """The checkpoint cannot be exported as asked; the message says why and what to do instead."""
 
 
@@ -206,8 +208,6 @@ def export_record(source: NativeSource, fmt: str, notes: list[str]) -> dict[str,
 def write_export(source: NativeSource, output: str | Path, tensors: dict[str, torch.Tensor], config: dict[str, Any],
                  *, overwrite: bool, finalize: Callable[[Path], None] | None = None) -> Path:
     """Write tensors + config.json + the carried-over files into ``output`` atomically."""
-    from .native import DEFAULT_SHARD_BYTES, write_safetensors
-
     output = Path(output)
     if output.resolve() == source.path.resolve():
         raise ExportError(f"the export output {output} is the source directory; choose another --output")

@@ -16,13 +16,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..core.errors import CompresskitError
 from ..core.formats import GPTQPacked
 from ..core.packing import unpack_int
 from ..core.quant_math import dequantize
-from . import reference
+from . import cpu_native, reference
 
 
-class BackendError(ValueError):
+class BackendError(CompresskitError, ValueError):
     """A forced backend cannot serve a layer, or the backend name is unknown."""
 
 
@@ -137,25 +138,17 @@ class CpuNative(Backend):
     exact = False
 
     def unavailable(self):
-        from . import cpu_native
-
         return cpu_native.unavailable_reason()
 
     def layer_problem(self, layer):
-        from . import cpu_native
-
         if not cpu_native.group_size_ok(layer.bits, layer.group_size):
             return f"group_size {layer.group_size} does not start groups on packed-word boundaries"
         return None
 
     def prepare(self, packed, device, dtype):
-        from . import cpu_native
-
         return cpu_native.prepare(packed)
 
     def forward(self, state, x, bias):
-        from . import cpu_native
-
         return _add_bias(cpu_native.linear(x, state, self.exact), bias)
 
 

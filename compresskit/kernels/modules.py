@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ..core.formats import GPTQPacked, Int8Rows
 from ..core.quant_math import quantize_activations
-from . import backends, reference
+from . import backends, cpu_native, reference
 
 
 class QuantLinear(nn.Module):
@@ -140,8 +140,6 @@ class Int8Linear(_Int8Rows):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         if self.use_native and x.device.type == "cpu" and rows.shape[0] <= 8 and _native_ok():
-            from . import cpu_native
-
             y = cpu_native.int8_rows(rows.float().contiguous(), self.weight.data, self.weight_scale.data,
                                      exact=self.native_exact)
             return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)

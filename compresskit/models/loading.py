@@ -13,15 +13,16 @@ from typing import Any
 import torch
 
 from ..core.arch import get_arch
+from ..core.errors import CompresskitError
 from ..core.fsutil import sha256_file
 from .embedded import DEFAULT_MODEL, EMBEDDED, embedded_path
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(CompresskitError, FileNotFoundError):
     """The model name is neither an embedded model, a local directory, nor a reachable hub id."""
 
 
-class CorruptCheckpointError(ValueError):
+class CorruptCheckpointError(CompresskitError, ValueError):
     """A weights file is unreadable, truncated, or does not match the manifest."""
 
 

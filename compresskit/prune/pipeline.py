@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from ..core.arch import get_arch
+from ..core.errors import InputError
 from ..core.version import __version__
 from .apply import count_parameters, keep_layers, prune_attention, prune_mlp, update_shape
 from .config import PruneConfig, PrunePlan, plan
@@ -51,12 +52,12 @@ def prune_in_place(model: nn.Module, config: PruneConfig, ids: torch.Tensor | No
         record.update(params_after=params_before, kept_layers=list(range(p.n_layers)))
         return _finish(model, record, {})
     if ids is None and importance is None:
-        raise ValueError("pruning needs calibration token ids ([nsamples, seqlen])")
+        raise InputError("pruning needs calibration token ids ([nsamples, seqlen])")
     imp: Importance = importance if importance is not None else collect_importance(model, spec, ids, progress=progress)
     protected = None
     if config.needs_retrieval:
         if retrieval is None and not probes:
-            raise ValueError("retrieval protection needs needle probes; pass probes, or protect_retrieval=False")
+            raise InputError("retrieval protection needs needle probes; pass probes, or protect_retrieval=False")
         if retrieval is None:
             retrieval = head_retrieval_scores(model, spec, probes, config.retrieval_score, progress=progress)
         protected = protected_heads(retrieval, p.protected_heads)

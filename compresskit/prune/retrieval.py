@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..core.arch import ArchSpec, get_module
+from ..core.errors import ConfigError, InputError
 
 
 @dataclass(frozen=True)
@@ -40,11 +41,11 @@ class RetrievalProbe:
 
     def __post_init__(self) -> None:
         if len(self.targets) != len(self.queries):
-            raise ValueError(f"a probe needs one target set per query: {len(self.queries)} queries, "
+            raise InputError(f"a probe needs one target set per query: {len(self.queries)} queries, "
                              f"{len(self.targets)} target sets")
         for q, t in zip(self.queries.tolist(), self.targets):
             if len(t) == 0 or int(t.max()) > q:
-                raise ValueError(f"needle positions {t.tolist()} must be non-empty and precede query {q}")
+                raise InputError(f"needle positions {t.tolist()} must be non-empty and precede query {q}")
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -116,7 +117,7 @@ def retrieval_scores(model: nn.Module, spec: ArchSpec, probes: Sequence[Retrieva
                      progress: Callable[..., None] | None = None) -> torch.Tensor:
     """``[layers, query heads]``: mean copy mass per head over ``probes``."""
     if not probes:
-        raise ValueError("retrieval scoring needs at least one probe")
+        raise InputError("retrieval scoring needs at least one probe")
     blocks = spec.blocks_of(model)
     cfg = model.config
     n_heads = cfg.num_attention_heads
@@ -149,7 +150,7 @@ def answer_loss_scores(model: nn.Module, spec: ArchSpec, probes: Sequence[Retrie
     answer tokens, g a per-head gate (all ones) on each o_proj input. One forward and backward per probe;
     the model's weights get no gradients and are left as they were."""
     if not probes:
-        raise ValueError("retrieval scoring needs at least one probe")
+        raise InputError("retrieval scoring needs at least one probe")
     blocks = spec.blocks_of(model)
     n_heads = model.config.num_attention_heads
     gates = torch.ones(len(blocks), n_heads, requires_grad=True)
@@ -197,7 +198,7 @@ def head_retrieval_scores(model: nn.Module, spec: ArchSpec, probes: Sequence[Ret
     (`answer_loss_scores`); higher means more needed for retrieval."""
     scorers = {"attention": retrieval_scores, "answer_loss": answer_loss_scores}
     if method not in scorers:
-        raise ValueError(f"unknown retrieval score {method!r}; use one of {', '.join(scorers)}")
+        raise ConfigError(f"unknown retrieval score {method!r}; use one of {', '.join(scorers)}")
     return scorers[method](model, spec, probes, progress=progress)
 
 
@@ -205,13 +206,13 @@ def probe_from_answer(prompt_ids: Sequence[int], answer_ids: Sequence[int]) -> R
     """A probe from a prompt that contains ``answer_ids`` (the needle) and ends where the answer begins.
 
     Every occurrence of the answer's token sequence in the prompt is a needle; query ``j`` (the position
-    before answer token ``j``) targets token ``j`` of each occurrence. Raises ValueError if the answer's
+    before answer token ``j``) targets token ``j`` of each occurrence. Raises `InputError` if the answer's
     tokens do not occur in the prompt (tokenize the answer as it appears in the needle)."""
     prompt, answer = list(prompt_ids), list(answer_ids)
     n = len(answer)
     starts = [s for s in range(len(prompt) - n + 1) if prompt[s:s + n] == answer]
     if not starts or n == 0:
-        raise ValueError("the answer's tokens do not occur in the prompt; tokenize the answer the way it "
+        raise InputError("the answer's tokens do not occur in the prompt; tokenize the answer the way it "
                          "appears inside the needle (e.g. with its leading space)")
     ids = torch.tensor(prompt + answer, dtype=torch.long)
     queries = torch.arange(len(prompt) - 1, len(prompt) - 1 + n)

@@ -9,19 +9,39 @@ produced by the already-quantized earlier linears ("true sequential").
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
 from ..core.arch import get_arch, get_module, set_module
-from ..core.config import GPTQConfig
+from ..core.config import CalibratedConfig
+from ..core.errors import ConfigError
 from ..core.formats import GPTQPacked
 from ..core.manifest import LinearEntry, QuantManifest
 from ..core.quant_math import compute_qparams
 from ..kernels.modules import QuantLinear
 from .apply import build_manifest, enable_activation_quantization, plan_embeddings, plan_linears, quantize_embeddings
 from .blockwise import block_entries, capture_block_inputs, run_block
+
+
+@dataclass(frozen=True)
+class GPTQConfig(CalibratedConfig):
+    """GPTQ (Frantar et al., 2023): column-by-column rounding with second-order error compensation,
+    one linear group at a time on the quantized stream. ``damp`` is the fraction of the mean Hessian
+    diagonal added for stability; ``block_size`` columns are updated lazily together."""
+
+    method: str = "gptq"
+    damp: float = 0.01
+    block_size: int = 128
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 < self.damp < 1:
+            raise ConfigError(f"damp={self.damp} must lie in (0, 1)")
+        if self.block_size < 1:
+            raise ConfigError(f"block_size={self.block_size} must be positive")
 
 
 def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, entry: LinearEntry, damp: float = 0.01,

@@ -1,5 +1,5 @@
-"""The passes of a recipe and their settings: `EvalPass`, `SavePass` and `PushPass` (prune, distill and
-quantize use `PruneConfig`, `DistillConfig` and `QuantConfig` as they are), `Pass` (one entry of a recipe)
+"""The passes of a recipe and their settings: `EvalPass`, `SavePass` and `PushPass` (the runner's own steps;
+every other pass is a registered one, compresskit.core.registry, and uses its config class as it is), `Pass` (one entry of a recipe)
 and `check_settings`, which finds every problem of a pass's settings through its config class.
 """
 from __future__ import annotations
@@ -11,24 +11,39 @@ from typing import Any, Callable
 
 import yaml
 
-from ..core.config import METHOD_CONFIGS, SUPPORTED_METHODS, ConfigError, JsonConfig, QuantConfig
-from ..distill import DistillConfig
-from ..distill.config import RESUME_NEUTRAL
-from ..prune import PruneConfig
+from ..core.config import JsonConfig
+from ..core.errors import ConfigError
+from ..core.registry import REGISTRY
+from ..eval.settings import EvalSettings
 
 RECIPE_VERSION = 1
-PASSES = ("prune", "distill", "quantize", "eval", "save", "push")
-MODEL_PASSES = ("prune", "distill", "quantize")  # the passes that change the weights
+STEPS = ("eval", "save", "push")  # what the runner does itself; every other pass is a registered one
+
+
+def pass_names() -> tuple[str, ...]:
+    """What a recipe may list: the registered passes (compresskit.core.registry), then eval, save, push."""
+    return REGISTRY.kinds() + STEPS
+
+
+def model_passes() -> tuple[str, ...]:
+    """The registered passes, which work on the model (a stage result is a checkpoint directory)."""
+    return REGISTRY.kinds()
 
 
 class RecipeError(ConfigError):
     """A recipe that cannot run; ``problems`` lists every one found, each naming its pass, field and fix."""
 
-    def __init__(self, source: str, problems: Sequence[str]) -> None:
+    def __init__(self, source: str, problems: Sequence[str], *, one_pass: bool = False) -> None:
         self.source, self.problems = source, list(problems)
         n = len(self.problems)
+        if one_pass:  # a command's own options (compresskit quantize ...): no recipe, pass or field to name
+            super().__init__("; ".join(_PASS_LABEL.sub("", p) for p in self.problems))
+            return
         super().__init__(f"{source}: {n} problem{'s' if n != 1 else ''}, nothing was run:\n"
                          + "\n".join(f"  - {p}" for p in self.problems))
+
+
+_PASS_LABEL = re.compile(r"^(?:pass \d+ \(\w+\)(?:, field \w+)?|model|output): ")
 
 
 class RecipeLoader(yaml.SafeLoader):
@@ -48,49 +63,40 @@ def yaml_value(text: str) -> Any:
 
 
 @dataclass(frozen=True)
-class EvalPass(JsonConfig):
-    """An evaluation of the current model against the recipe's original model, and its gate.
+class EvalPass(EvalSettings):
+    """An evaluation of the current model against the recipe's original model (or ``baseline``), and its gate.
 
-    ``tasks`` x ``lengths`` as `compresskit eval` runs them (``ppl_windows``, ``passkey_trials``, ``samples``,
-    ``seed``, LongBench files). ``max_drop`` (points; perplexity in percent unless ``max_ppl_increase``)
-    makes it a gate: a failing gate stops the recipe before anything is saved. Without it the scores are
-    recorded only. ``cache`` reuses rows scored before for the same weights."""
+    The `EvalSettings` fields (tasks x lengths as `compresskit eval` runs them) plus ``max_drop`` (points;
+    perplexity in percent unless ``max_ppl_increase``), which makes it a gate: a failing gate stops the
+    recipe before anything is saved. Without it the scores are recorded only. ``baseline`` names the model
+    to compare with (default: the recipe's model; ``compresskit distill`` compares with its teacher)."""
 
     tasks: tuple[str, ...] = ("ppl", "passkey")
-    lengths: tuple[int, ...] = (1024,)
     ppl_windows: int = 4
-    passkey_trials: int = 5
-    samples: int = 5
-    seed: int = 0
     max_drop: float | None = None
     max_ppl_increase: float | None = None
-    cache: bool = True
-    longbench_path: str | None = None
-    longbench_limit: int | None = None
+    baseline: str | None = None
+
+    _tasks_hint = " (tasks: [ppl, passkey])"
+    _lengths_hint = " (lengths: [4096])"
 
     def __post_init__(self) -> None:
-        from ..eval.suite import validate_tasks
-
-        try:
-            object.__setattr__(self, "tasks", validate_tasks(tuple(self.tasks)))
-        except ValueError as e:
-            raise ConfigError(f"{e} (tasks: [ppl, passkey])") from None
-        lengths = tuple(self.lengths)
-        if not lengths or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in lengths):
-            raise ConfigError(f"lengths={list(lengths)} must be a non-empty list of token counts (lengths: [4096])")
-        object.__setattr__(self, "lengths", lengths)
-        for name in ("ppl_windows", "passkey_trials", "samples"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name}={value!r} must be a whole number >= 1")
+        super().__post_init__()
         for name in ("max_drop", "max_ppl_increase"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
                 raise ConfigError(f"{name}={value!r} must be a number >= 0 (points; perplexity: percent)")
+        if self.baseline is not None and (not isinstance(self.baseline, str) or not self.baseline.strip()):
+            raise ConfigError(f"baseline={self.baseline!r} must name a model (default: the recipe's model)")
 
     @property
     def gated(self) -> bool:
         return self.max_drop is not None or self.max_ppl_increase is not None
+
+    @property
+    def settings(self) -> EvalSettings:
+        """The evaluation settings alone (no gate)."""
+        return EvalSettings(**{f.name: getattr(self, f.name) for f in fields(EvalSettings)})
 
     @property
     def name(self) -> str:
@@ -100,22 +106,10 @@ class EvalPass(JsonConfig):
             gate = f", gate max drop {self.max_drop if self.max_drop is not None else 2.0:g}, ppl +{ppl:g}%"
         return f"eval {','.join(self.tasks)} @ {','.join(map(str, self.lengths))}{gate}"
 
-    def evaluate_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `compresskit.api.evaluate`."""
-        return {k: getattr(self, k) for k in ("tasks", "lengths", "ppl_windows", "passkey_trials", "samples", "seed",
-                                              "longbench_path", "longbench_limit", "cache")}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"tasks": list(self.tasks), "lengths": list(self.lengths)}
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EvalPass":
         cls.check_dict(d, "eval pass", RECIPE_VERSION)
-        d = dict(d)
-        for name in ("tasks", "lengths"):
-            if isinstance(d.get(name), (str, int)):
-                d[name] = (d[name],)  # `tasks: passkey` means one task
-        return cls(**d)
+        return super().from_dict(d)
 
 
 @dataclass(frozen=True)
@@ -199,8 +193,10 @@ class Pass:
 
     def key_settings(self) -> dict[str, Any]:
         """The settings that change this pass's result (its stage key): no resume cadence, notes or gate."""
-        neutral = {"distill": set(RESUME_NEUTRAL), "eval": {"cache", "max_drop", "max_ppl_increase"},
-                   "save": {"keep_work_dir"}, "push": {"overwrite"}}.get(self.kind, {"extra"})
+        neutral = {"eval": {"cache", "max_drop", "max_ppl_increase"}, "save": {"keep_work_dir"},
+                   "push": {"overwrite"}}.get(self.kind)
+        if neutral is None:
+            neutral = set(REGISTRY.spec_for(self.kind, self.config).key_neutral)
         return {k: v for k, v in self.settings().items() if k not in neutral}
 
 
@@ -210,9 +206,15 @@ def _known_fields(kind: str, settings: dict[str, Any]) -> list[str]:
     return [f.name for f in fields(_config_class(kind, settings))] + (["teacher"] if kind == "distill" else [])
 
 
+_STEP_CONFIGS = {"eval": EvalPass, "save": SavePass, "push": PushPass}
+
+
 def _builder(kind: str) -> Callable[[dict[str, Any]], Any]:
-    return {"prune": PruneConfig.from_dict, "distill": DistillConfig.from_dict, "quantize": QuantConfig.from_dict,
-            "eval": EvalPass.from_dict, "save": SavePass.from_dict, "push": PushPass.from_dict}[kind]
+    if kind in _STEP_CONFIGS:
+        return _STEP_CONFIGS[kind].from_dict
+    if REGISTRY.multi_method(kind):
+        return lambda d: REGISTRY.spec_for(kind, d).config.from_dict(d)
+    return REGISTRY.get(kind).config.from_dict
 
 
 def _error(build: Callable[[dict[str, Any]], Any], d: dict[str, Any]) -> str | None:
@@ -232,9 +234,7 @@ def _wrong_type(kind: str, settings: dict[str, Any], field: str) -> str:
 
 
 def _config_class(kind: str, settings: dict[str, Any]) -> type:
-    if kind == "quantize":
-        return METHOD_CONFIGS.get(settings.get("method", "rtn"), QuantConfig)
-    return {"prune": PruneConfig, "distill": DistillConfig, "eval": EvalPass, "save": SavePass, "push": PushPass}[kind]
+    return _STEP_CONFIGS[kind] if kind in _STEP_CONFIGS else REGISTRY.spec_for(kind, settings).config
 
 
 def _culprit(build: Callable[[dict[str, Any]], Any], d: dict[str, Any], message: str) -> str | None:
@@ -253,8 +253,9 @@ def check_settings(kind: str, settings: dict[str, Any]) -> tuple[Any, list[tuple
     """``(config or None, [(field, problem), ...])`` for one pass's settings. Every problem is found, not
     just the first: after each error of the config class, the field it is about (the first one whose
     removal changes the error) is set aside and the rest is checked again."""
-    if kind == "quantize" and settings.get("method", "rtn") not in SUPPORTED_METHODS:
-        return None, [("method", f"unknown method {settings['method']!r}; use one of {', '.join(SUPPORTED_METHODS)}")]
+    if REGISTRY.multi_method(kind) and settings.get("method", REGISTRY.methods(kind)[0]) not in REGISTRY.methods(kind):
+        return None, [("method", f"unknown method {settings['method']!r}; use one of "
+                                 f"{', '.join(REGISTRY.methods(kind))}")]
     known = _known_fields(kind, settings)
     problems: list[tuple[str | None, str]] = []
     for k in settings:

@@ -10,8 +10,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from ..distill import DistillConfig
-from .passes import PASSES, RECIPE_VERSION, Pass, RecipeError, SavePass, RecipeLoader, check_settings, yaml_value
+from ..core.errors import MissingFileError
+from ..core.registry import REGISTRY
+from .passes import pass_names, RECIPE_VERSION, Pass, RecipeError, SavePass, RecipeLoader, check_settings, yaml_value
 
 TOP_FIELDS = ("version", "name", "description", "model", "output", "work_dir", "passes")
 SHIPPED_DIR = Path(__file__).parent / "shipped"
@@ -61,10 +62,10 @@ def _pass_entry(i: int, item: Any) -> tuple[str | None, dict[str, Any] | None, s
         return None, None, (f"pass {i}: each list item is one pass as `- NAME: {{settings}}` "
                             f"(e.g. `- prune: {{mlp: 0.25}}`), got {got}")
     (kind, settings), = item.items()
-    if kind not in PASSES:
-        close = difflib.get_close_matches(str(kind), PASSES, n=1)
+    if kind not in pass_names():
+        close = difflib.get_close_matches(str(kind), pass_names(), n=1)
         return None, None, (f"pass {i}: unknown pass {kind!r}; " + (f"did you mean {close[0]}? " if close else "")
-                            + f"passes: {', '.join(PASSES)}")
+                            + f"passes: {', '.join(pass_names())}")
     if settings is None:
         settings = {}
     if not isinstance(settings, dict):
@@ -99,7 +100,7 @@ def _order_problems(passes: list[Pass]) -> list[str]:
             elif quantized and not p.config.quant_params_only:
                 out.append(f"{p.label}: the model is quantized by then, so only its scales can train: set "
                            "quant_params_only: true (or move distill before quantize)")
-            elif not quantized and p.config.quant_params_only:
+            elif not quantized and p.config.quant_params_only and not p.teacher:  # else: the pass checks the model
                 out.append(f"{p.label}: quant_params_only trains the scales of a quantized model, and no quantize "
                            "pass comes before it: move it after quantize, or drop quant_params_only")
         quantized |= p.kind == "quantize"
@@ -109,7 +110,7 @@ def _order_problems(passes: list[Pass]) -> list[str]:
 
 def _distill_defaults(settings: dict[str, Any]) -> dict[str, Any]:
     """A distill pass saves its resumable state every tenth of its steps unless told otherwise."""
-    steps = settings.get("steps", DistillConfig.steps)
+    steps = settings.get("steps", REGISTRY.get("distill").config.steps)
     if "checkpoint_every" not in settings and isinstance(steps, int) and not isinstance(steps, bool) and steps > 0:
         return settings | {"checkpoint_every": max(1, round(steps / 10))}
     return settings
@@ -268,7 +269,7 @@ def recipe_file(name_or_path: str | Path) -> Path:
     shipped = shipped_recipes()
     if str(name_or_path) in shipped:
         return shipped[str(name_or_path)]
-    raise FileNotFoundError(f"no recipe file {str(name_or_path)!r} and no shipped recipe of that name; shipped: "
+    raise MissingFileError(f"no recipe file {str(name_or_path)!r} and no shipped recipe of that name; shipped: "
                             f"{', '.join(shipped) or 'none'}")
 
 

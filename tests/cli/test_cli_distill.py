@@ -11,7 +11,7 @@ import torch
 from conftest import make_tiny_model
 from typer.testing import CliRunner
 
-from compresskit import api
+from compresskit import api, api_passes
 from compresskit.cli.main import app
 
 SMALL = ["--seqlen", "64", "--steps", "3", "--lr", "3e-3", "--data", "builtin"]
@@ -123,8 +123,8 @@ def test_other_processes_train_but_do_not_evaluate_or_save(tmp_path, dirs, monke
     teacher, student = dirs
     monkeypatch.setattr(api, "is_main_process", lambda: False)  # as a non-main rank of accelerate launch
     ran = []
-    real = api.distill
-    monkeypatch.setattr(api, "distill", lambda *a, **k: ran.append(k.get("progress")) or real(*a, **k))
+    real = api_passes.distill  # what the distill pass calls
+    monkeypatch.setattr(api_passes, "distill", lambda *a, **k: ran.append(k.get("progress")) or real(*a, **k))
     out = tmp_path / "rank1"
     result = CliRunner().invoke(app, ["distill", "--teacher", str(teacher), "--student", str(student), "--output",
                                       str(out), *SMALL, *SMALL_EVAL])

@@ -83,7 +83,7 @@ def test_abits_values():
 
 
 def test_omniquant_config_round_trips_through_the_method_dispatch():
-    from compresskit.core.config import OmniQuantConfig
+    from compresskit.quant.omniquant import OmniQuantConfig
 
     cfg = OmniQuantConfig(wbits=3, group_size=64, epochs=2, nsamples=8, seqlen=256, batch_size=2)
     back = QuantConfig.from_json(cfg.to_json())
@@ -96,7 +96,7 @@ def test_omniquant_config_round_trips_through_the_method_dispatch():
 
 
 def test_omniquant_epochs_default_follows_the_width():
-    from compresskit.core.config import OmniQuantConfig
+    from compresskit.quant.omniquant import OmniQuantConfig
 
     assert OmniQuantConfig(wbits=2).epochs == 40  # published: 40 epochs for W2, 20 otherwise
     assert OmniQuantConfig(wbits=3).epochs == 20
@@ -107,7 +107,7 @@ def test_omniquant_epochs_default_follows_the_width():
 
 
 def test_omniquant_let_default_follows_the_published_scripts():
-    from compresskit.core.config import OmniQuantConfig
+    from compresskit.quant.omniquant import OmniQuantConfig
 
     assert OmniQuantConfig(wbits=3).let is False  # weight-only: --lwc
     assert OmniQuantConfig(wbits=4, abits=4).let is True  # weight-activation: --lwc --let

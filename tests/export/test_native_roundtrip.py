@@ -277,7 +277,7 @@ def test_failed_overwrite_keeps_the_old_dir(tmp_path, tiny_tokenizer, monkeypatc
 
 def test_folded_norms_keep_their_precision_when_the_source_is_bf16(tmp_path):
     """LET folds scales into RMSNorm weights: a bf16 source must not round them on save."""
-    from compresskit.core.config import OmniQuantConfig
+    from compresskit.quant.omniquant import OmniQuantConfig
 
     model = make_tiny_model("llama")
     with torch.no_grad():

@@ -90,7 +90,7 @@ def test_group_size_128_does_not_divide_576_unless_ragged_is_asked(tmp_path, fp_
 def test_omniquant_w3g64_on_the_real_model_beats_rtn_and_reloads(tmp_path, fp_model):
     """All 30 blocks with a tiny calibration budget (4 x 256 tokens, 2 epochs): the learned model is
     closer to the fp model than RTN on held-out text, and the saved checkpoint reloads exactly."""
-    from compresskit.core.config import OmniQuantConfig
+    from compresskit.quant.omniquant import OmniQuantConfig
 
     fp, tok = fp_model
     text = compresskit.api.heldout_text()

@@ -8,7 +8,8 @@ import torch
 from conftest import make_tiny_model
 
 import compresskit
-from compresskit.core.config import GPTQConfig, QuantConfig
+from compresskit.core.config import QuantConfig
+from compresskit.quant.gptq import GPTQConfig
 from compresskit.core.manifest import LinearEntry
 from compresskit.core.quant_math import compute_qparams, dequantize, quantize
 from compresskit.kernels.modules import QuantLinear

@@ -11,7 +11,8 @@ from torch.func import functional_call
 
 import compresskit
 from compresskit.core.arch import get_arch
-from compresskit.core.config import ConfigError, OmniQuantConfig, QuantConfig
+from compresskit.core.config import ConfigError, QuantConfig
+from compresskit.quant.omniquant import OmniQuantConfig
 from compresskit.core.manifest import LinearEntry
 from compresskit.core.quant_math import dequantize
 from compresskit.kernels.modules import QuantLinear

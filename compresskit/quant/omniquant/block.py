@@ -15,7 +15,7 @@ import torch.nn as nn
 from torch.func import functional_call
 
 from ...core.arch import ArchSpec, get_module, set_module
-from ...core.config import OmniQuantConfig
+from .config import OmniQuantConfig
 from ...core.manifest import LinearEntry
 from ...core.quant_math import quantize_activations
 from ...kernels.modules import QuantLinear

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ...core.arch import get_arch, get_module
-from ...core.config import OmniQuantConfig
+from .config import OmniQuantConfig
 from ...core.manifest import QuantManifest
 from ..apply import build_manifest, enable_activation_quantization, plan_embeddings, plan_linears, quantize_embeddings
 from ..blockwise import block_entries, capture_block_inputs, run_block

@@ -1,0 +1,82 @@
+"""What every command shares: reporting user errors in one line, the options of the evaluating commands
+(spelled once), and list parsing. Imported by cli/main.py, cli/publish.py and cli/recipe.py."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import typer
+from rich.markup import escape
+
+from compresskit import api
+
+from .render import console, err_console
+
+DEBUG_HINT = "set COMPRESSKIT_DEBUG=1 for the full traceback"
+
+
+def run_user(fn: Callable[[], Any]) -> Any:
+    """``fn()``, with a user error (a ``CompresskitError``) reported in one line and exit code 2. Any other
+    exception is a bug: it propagates with its traceback."""
+    try:
+        return fn()
+    except api.USER_ERRORS as e:
+        if os.environ.get("COMPRESSKIT_DEBUG"):
+            raise  # the full traceback, for bug reports
+        # escaped: a path like "runs/[v2]" is text, not rich markup; soft_wrap: one line even when piped
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
+        raise typer.Exit(2)
+
+
+def csv(value: str, cast: Callable[[str], Any] = str) -> list[Any]:
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected a comma-separated list, got {value!r}")
+
+
+# options every evaluating command (quantize, prune, distill, eval) shares, spelled once
+def no_eval_option() -> Any:
+    return typer.Option(False, "--no-eval", help="skip the evaluation (and the gate)")
+
+
+def force_option() -> Any:
+    return typer.Option(False, "--force", help="save even if the gate fails (the failure is recorded)")
+
+
+def ppl_windows_option() -> Any:
+    return typer.Option(4, help="perplexity windows per length")
+
+
+def passkey_trials_option() -> Any:
+    return typer.Option(5, help="passkey trials (depths) per length")
+
+
+def samples_option() -> Any:
+    return typer.Option(5, help="prompts per RULER task and length")
+
+
+PUSH_TO_HUB_HELP = "after saving, push the result to this hub model repo (NAME or NAMESPACE/NAME) in one commit"
+PRIVATE_HELP = "with --push-to-hub / push: create the repo private"
+TOKEN_HELP = "hub token with write access (default: HF_TOKEN or the stored `hf auth login`)"
+
+
+def push_to_hub_option() -> Any:
+    return typer.Option(None, "--push-to-hub", metavar="NAME", help=PUSH_TO_HUB_HELP)
+
+
+def private_option() -> Any:
+    return typer.Option(False, "--private", help=PRIVATE_HELP)
+
+
+def token_option() -> Any:
+    return typer.Option(None, "--token", help=TOKEN_HELP, show_default=False)
+
+
+def print_push(result: Any) -> None:
+    if result.up_to_date:
+        console.print(f"{escape(result.repo_id)}@{escape(result.revision)} already holds these files: nothing pushed")
+    else:
+        tries = f" (after {result.attempts} attempts)" if result.attempts > 1 else ""
+        console.print(f"pushed {len(result.uploaded)} files to {escape(result.repo_id)}@{escape(result.revision)} "
+                      f"in one commit{tries}: {escape(str(result.commit_url))}", soft_wrap=True)

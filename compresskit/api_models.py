@@ -1,0 +1,224 @@
+"""The base of the API: loading, calibration data, saving and describing checkpoints, kernel backends.
+
+Every other API module builds on this one (re-exported by compresskit.api).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .api_publish import card_writer
+from .core.errors import CompresskitError, InputError
+from .core.fsutil import check_output_dir, dir_size_bytes, write_json_atomic
+from .core.manifest import QuantManifest
+from .export import save_native
+from .kernels.backends import table as _backend_table
+from .kernels.modules import set_kernel_backend as _set_backend
+from .models import DEFAULT_MODEL, load_pretrained, resolve_model
+
+# Errors caused by the user's input: front ends report them as one line, not a traceback. Anything else
+# is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (CompresskitError,)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def load_model(
+    name_or_path: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    verify: bool = True,
+    backend: str = "auto",
+):
+    """``(model, tokenizer)`` for an embedded name (``smollm2-135m``), a local directory or a hub id.
+
+    Quantized compresskit checkpoints load too (their packed modules are rebuilt). ``verify``
+    checks the files against the manifest's sha256 sums. ``backend`` picks the kernel of quantized
+    layers (see `set_kernel_backend`).
+    """
+    model, tokenizer = load_pretrained(name_or_path, dtype=dtype, device=device, verify=verify)
+    if backend != "auto":
+        set_kernel_backend(model, backend)
+    return model, tokenizer
+
+
+def set_kernel_backend(model: nn.Module, backend: str = "auto") -> dict[str, str]:
+    """Compute every quantized layer through ``backend``: ``"auto"`` (per layer, device and dtype: Triton
+    on CUDA, compresskit's C kernels on CPU, chunked dequantize elsewhere), or a name from
+    `kernel_backends` (``triton``, ``cpu_native``, ``cpu_int4pack``, ``dequant``, ``dense``,
+    ``reference``). A forced backend is checked against every layer now; ``BackendError`` names the
+    first layer it cannot serve, why, and which backends can. Returns layer name -> backend."""
+    return _set_backend(model, backend)
+
+
+def kernel_backends() -> list[dict[str, str]]:
+    """The backend table: devices, bits, group sizes and dtypes each kernel serves, where automatic
+    choice uses it, and whether it can run on this machine."""
+    return _backend_table()
+
+
+def calibration_ids(model: nn.Module, tokenizer: Any, config: Any, calib: Any = None) -> torch.Tensor:
+    """``[nsamples, seqlen]`` token ids for calibration (``config``: anything with ``nsamples``, ``seqlen``,
+    ``calib`` and ``seed``), checked against the model's context. ``calib`` is a LongTensor of token ids or
+    a source spec (default ``config.calib``)."""
+    if isinstance(calib, torch.Tensor):
+        ids = calib.long()
+    else:
+        from .calib import build_samples  # the data modules load when data is first needed
+
+        if tokenizer is None:
+            raise InputError("calibration from a text source needs the tokenizer: quantize(..., tokenizer=tok)")
+        ids = build_samples(tokenizer, calib or config.calib, config.nsamples, config.seqlen, seed=config.seed,
+                            model=model)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context is not None and ids.shape[1] > context:
+        raise InputError(f"calibration seqlen {ids.shape[1]} exceeds the model's context {context}; "
+                         f"use --seqlen {context} or less")
+    return ids
+
+
+def heldout_text() -> str:
+    """The shipped held-out text (never used for calibration)."""
+    from .calib import heldout_text as _heldout  # the data modules load when data is first needed
+
+    return _heldout()
+
+
+def write_report(path: str | os.PathLike, report: Any) -> None:
+    """Write a report (anything with ``to_dict``, or a dict) as JSON, atomically."""
+    write_json_atomic(path, report.to_dict() if hasattr(report, "to_dict") else report)
+
+
+def manifest_of(model: nn.Module) -> QuantManifest | None:
+    """The quantization manifest of a model quantized in this process or loaded from a checkpoint."""
+    manifest = getattr(model, "compresskit_manifest", None)
+    if manifest is not None:
+        return manifest
+    qcfg = getattr(model.config, "quantization_config", None)
+    if qcfg is not None and hasattr(qcfg, "manifest"):
+        return qcfg.manifest()
+    return None
+
+
+def save(
+    model: nn.Module,
+    tokenizer: Any,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    evaluation: dict[str, Any] | None = None,
+    files: dict[str, str | bytes | os.PathLike] | None = None,
+) -> Path:
+    """Write the model (quantized or not) as safetensors + config.json, atomically.
+
+    Non-quantized float tensors are stored in the source checkpoint's dtype (bf16 for the embedded
+    model); scales as fp16. ``evaluation`` (JSON-able, or reports with ``to_dict``) goes into the
+    manifest. ``files`` adds files to the artifact inside the same atomic write, before its card:
+    relative name -> text (``str``), ``bytes``, or a ``Path`` of a file or directory to copy (e.g.
+    ``{"recipe.yaml": text, "evaluation": report_dir}``). An existing ``path`` is refused unless
+    ``overwrite``.
+    """
+    source = getattr(model, "compresskit_source", {}) or {}
+    storage = _DTYPES.get(str(source.get("dtype")), next(model.parameters()).dtype)
+    if not storage.is_floating_point:
+        storage = torch.float32
+    manifest = manifest_of(model)
+    if manifest is not None and evaluation is not None:
+        manifest.evaluation = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in evaluation.items()}
+    pruning = getattr(model, "compresskit_pruning", None)
+    if pruning is not None and evaluation is not None and manifest is None:
+        model.config.compresskit_pruning = {**model.config.compresskit_pruning,
+                                            "evaluation": score_summary(evaluation)}
+    distillation = getattr(model, "compresskit_distillation", None)  # set by `distill`
+    if distillation is not None and evaluation is not None and manifest is None:
+        model.config.compresskit_distillation = {**model.config.compresskit_distillation,
+                                                 "evaluation": score_summary(evaluation)}
+    sidecars = {name: data for name, data in (("pruning.json", pruning), ("distillation.json", distillation))
+                if data is not None}
+    card = card_writer(model, evaluation, path)
+
+    def finalize(directory: Path) -> None:
+        _add_files(directory, files or {})
+        card(directory)
+
+    return save_native(model, tokenizer, path, manifest, overwrite=overwrite, storage_dtype=storage,
+                       sidecars=sidecars or None, finalize=finalize)
+
+
+def _add_files(directory: Path, files: dict[str, str | bytes | os.PathLike]) -> None:
+    """Write ``files`` (see `save`) into ``directory``; names must stay inside it."""
+    for name, content in files.items():
+        target = directory / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise InputError(f"save(files=...): {name!r} must be a relative name inside the saved directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            target.write_text(content, encoding="utf-8")
+        elif isinstance(content, bytes):
+            target.write_bytes(content)
+        elif Path(content).is_dir():
+            shutil.copytree(content, target)
+        else:
+            shutil.copy2(content, target)
+
+
+def score_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """``{"before": {"ppl@1024": 34.5, ...}, ...}`` from reports (or dicts with ``rows``)."""
+    out: dict[str, Any] = {}
+    for key, rep in evaluation.items():
+        d = rep.to_dict() if hasattr(rep, "to_dict") else rep
+        rows = d.get("rows") if isinstance(d, dict) else None
+        if rows and "score" not in rows[0]:  # a comparison (gate): its verdict
+            out[key] = {k: d[k] for k in ("passed", "gate", "forced") if k in d}
+            continue
+        out[key] = {f"{r['task']}@{r['length']}": r["score"] for r in rows} if rows is not None else d
+    return out
+
+
+def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Fail before any work if ``path`` exists and ``overwrite`` is False."""
+    return check_output_dir(path, overwrite)
+
+
+def checkpoint_bytes(name_or_path: str | os.PathLike) -> int:
+    """Bytes of the weight files of a model directory (or embedded model)."""
+    return dir_size_bytes(resolve_model(name_or_path))
+
+
+def info(name_or_path: str | os.PathLike) -> dict[str, Any]:
+    """What a checkpoint is: architecture, sizes, and the compression recipe if any."""
+    path = Path(resolve_model(name_or_path))
+    config = json.loads((path / "config.json").read_text())
+    qcfg = config.get("quantization_config")
+    manifest = QuantManifest.from_dict(qcfg) if qcfg and qcfg.get("quant_method") == "compresskit" else None
+    return {
+        "path": str(path),
+        "model_type": config.get("model_type"),
+        "layers": config.get("num_hidden_layers"),
+        "hidden_size": config.get("hidden_size"),
+        "dtype": config.get("dtype") or config.get("torch_dtype"),
+        "weights_bytes": dir_size_bytes(path),
+        "quantization": None if manifest is None else {
+            "recipe": manifest.recipe.to_dict(),
+            "name": manifest.recipe.name,
+            "quantized_linears": len(manifest.linears),
+            "embeddings": manifest.embeddings.to_dict() if manifest.embeddings else None,
+            "skipped": manifest.skipped,
+            "compresskit_version": manifest.compresskit_version,
+            "base_model": manifest.base_model,
+            "evaluation": manifest.evaluation,
+            "calibration": None if not manifest.report else {
+                k: v for k, v in manifest.report.items() if k != "blocks"},
+            "attention_abits": manifest.attention_abits,
+        },
+        "foreign_quantization": qcfg if qcfg and manifest is None else None,
+        "pruning": config.get("compresskit_pruning"),
+        "distillation": config.get("compresskit_distillation"),
+    }

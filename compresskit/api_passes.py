@@ -1,0 +1,250 @@
+"""The built-in passes (rtn, gptq, omniquant, prune, distill), registered in compresskit.core.registry, and
+`apply`, which runs any registered pass on a model in memory.
+
+Each pass is a `PassSpec`: its config class, its checks, its progress units and its run function, which
+gets a `PassContext` (the model, tokenizer, data, state directory, teacher and one progress callback).
+The Python API (`quantize`, `apply`), the command line and the recipe runner all go through the registry.
+
+Adding a pass (docs/design.md has the worked example)::
+
+    @dataclass(frozen=True)
+    class ScaleConfig(JsonConfig):
+        factor: float = 1.0
+        ...  # to_dict / from_dict, checks in __post_init__
+
+    def run_scale(ctx: PassContext, config: ScaleConfig) -> dict:
+        ...  # change ctx.model in place
+        return {"factor": config.factor}
+
+    register(PassSpec("scale", "scale", ScaleConfig, run_scale, verb="scaling"))
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from .api_distill import check_distill, check_distill_dependencies, distill
+from .api_models import calibration_ids
+from .api_prune import parameter_count, prune, prune_plan, prune_units
+from .core.arch import get_arch
+from .core.config import CalibratedConfig, QuantConfig
+from .core.errors import ConfigError, InputError
+from .core.registry import REGISTRY, PassSpec, register
+from .distill import DistillConfig
+from .distill.config import RESUME_NEUTRAL
+from .prune import PruneConfig
+from .quant import plan_linears, quantize_rtn
+from .quant.gptq import GPTQConfig, quantize_gptq
+from .quant.omniquant import OmniQuantConfig, quantize_omniquant
+from .recipe import yaml_value
+
+# progress of a pass: ``progress(n, message)``, n units done (message: what is happening, or None)
+Progress = Callable[[int, "str | None"], None]
+
+
+def _no_progress(n: int, message: str | None = None) -> None:
+    return None
+
+
+@dataclass
+class PassContext:
+    """What a pass's run function gets besides its config.
+
+    ``model`` (changed in place) and its ``tokenizer``; ``data``: calibration / training data given through
+    the API (token ids or a source spec; None: the config's own source); ``state_dir``: where a resumable
+    pass keeps its progress (None: not kept); ``teacher`` / ``teacher_tokenizer`` for passes that learn
+    from one; ``progress(n, message)``; ``note(message)`` for one-line remarks (e.g. resuming);
+    ``options``: pass-specific extras from the API caller (e.g. ``stop_after`` for distill)."""
+
+    model: nn.Module
+    tokenizer: Any = None
+    data: Any = None
+    state_dir: Path | None = None
+    teacher: nn.Module | None = None
+    teacher_tokenizer: Any = None
+    progress: Progress = _no_progress
+    note: Callable[[str], None] = lambda message: None
+    options: dict[str, Any] = field(default_factory=dict)
+    reporting: bool = True  # False on the other ranks of a distributed run: no progress display there
+
+
+# --- quantization: rtn, gptq, omniquant ------------------------------------------------------------------
+
+def count_quantizable(model: nn.Module, config: QuantConfig) -> int:
+    """How many linears ``config`` would quantize (raises on a bad setting, changing nothing)."""
+    return len(plan_linears(model, config)[0])
+
+
+def _lib_progress(ctx: PassContext) -> Callable[..., None]:
+    """The quant room's callback shape, ``progress(message, n=1)``."""
+    return lambda message=None, n=1: ctx.progress(n, message)
+
+
+def _check_quantize(ctx: PassContext, config: QuantConfig) -> None:
+    count_quantizable(ctx.model, config)
+
+
+def _calibration(ctx: PassContext, config: CalibratedConfig):
+    return calibration_ids(ctx.model, ctx.tokenizer, config, ctx.data)
+
+
+def _quantized(ctx: PassContext, manifest: Any) -> dict[str, Any]:
+    ctx.model.compresskit_manifest = manifest
+    return {"name": manifest.recipe.name, "quantized_linears": len(manifest.linears)}
+
+
+def run_rtn(ctx: PassContext, config: QuantConfig) -> dict[str, Any]:
+    return _quantized(ctx, quantize_rtn(ctx.model, config, progress=_lib_progress(ctx)))
+
+
+def run_gptq(ctx: PassContext, config: GPTQConfig) -> dict[str, Any]:
+    ids = _calibration(ctx, config)
+    return _quantized(ctx, quantize_gptq(ctx.model, config, ids, progress=_lib_progress(ctx)))
+
+
+def run_omniquant(ctx: PassContext, config: OmniQuantConfig) -> dict[str, Any]:
+    ids = _calibration(ctx, config)
+    state = None if ctx.state_dir is None else str(ctx.state_dir)
+    return _quantized(ctx, quantize_omniquant(ctx.model, config, ids, work_dir=state, progress=_lib_progress(ctx)))
+
+
+def _omniquant_units(ctx: PassContext, config: OmniQuantConfig) -> int:
+    count_quantizable(ctx.model, config)  # validate first
+    return len(get_arch(ctx.model).blocks_of(ctx.model)) * config.epochs
+
+
+# --- pruning and distillation -----------------------------------------------------------------------------
+
+def run_prune(ctx: PassContext, config: PruneConfig) -> dict[str, Any]:
+    shape, params = prune_plan(ctx.model, config), parameter_count(ctx.model)
+    record = prune(ctx.model, config, tokenizer=ctx.tokenizer, calib=ctx.data,
+                   progress=lambda message=None, n=1: ctx.progress(n, message))
+    return {**record, "shape": shape, "params_before": params}
+
+
+def _check_distill(ctx: PassContext, config: DistillConfig) -> None:
+    check_distill_dependencies(config)
+    if ctx.teacher is not None:
+        check_distill(ctx.model, ctx.teacher, config)
+
+
+def run_distill(ctx: PassContext, config: DistillConfig) -> dict[str, Any]:
+    seen = [0]
+
+    def on_step(step: int, total: int, info: dict) -> None:
+        ctx.progress(step - seen[0], f"loss {info['loss']:.4f}, {info['tokens_per_s']:.0f} tok/s, seq "
+                                     f"{info['seqlen']}, lr {info['lr']:.2e}")
+        seen[0] = step
+
+    result = distill(ctx.model, ctx.teacher, config, tokenizer=ctx.teacher_tokenizer or ctx.tokenizer, data=ctx.data,
+                     work_dir=ctx.state_dir, progress=on_step if ctx.reporting else None, **ctx.options)
+    summary = {k: v for k, v in ctx.model.compresskit_distillation.items() if k != "history"}
+    return {**summary, "result": result}
+
+
+register(PassSpec("quantize", "rtn", QuantConfig, run_rtn, units=lambda ctx, c: count_quantizable(ctx.model, c),
+                  check=_check_quantize, verb="quantizing",
+                  description="round to nearest, per group or channel"))
+register(PassSpec("quantize", "gptq", GPTQConfig, run_gptq, units=lambda ctx, c: count_quantizable(ctx.model, c),
+                  check=_check_quantize, verb="quantizing",
+                  description="GPTQ: second-order error compensation on calibration data"))
+register(PassSpec("quantize", "omniquant", OmniQuantConfig, run_omniquant, units=_omniquant_units,
+                  check=_check_quantize, resumable=True, verb="quantizing",
+                  description="OmniQuant: learnable clipping and equivalent transformation, block by block"))
+register(PassSpec("prune", "prune", PruneConfig, run_prune, units=lambda ctx, c: prune_units(ctx.model, c),
+                  check=lambda ctx, c: prune_plan(ctx.model, c), verb="pruning",
+                  description="structured pruning of MLP channels, attention heads and layers"))
+register(PassSpec("distill", "distill", DistillConfig, run_distill, units=lambda ctx, c: c.steps,
+                  check=_check_distill, resumable=True, needs_teacher=True, verb="distilling",
+                  key_neutral=tuple(RESUME_NEUTRAL),
+                  description="distillation from the parent model (forward KL on logits)"))
+
+
+# --- running one pass in memory -------------------------------------------------------------------------
+
+def make_config(kind: str, config: Any = None, **overrides: Any) -> Any:
+    """A validated config of pass ``kind`` from a config object, a dict and/or keyword overrides (for a
+    kind with several methods, ``method`` picks the config class)."""
+    if config is not None and not isinstance(config, dict):
+        if not overrides:
+            return config
+        config = config.to_dict()
+    d = {**(config or {}), **overrides}
+    return REGISTRY.spec_for(kind, d).config.from_dict(d)
+
+
+def apply(model: nn.Module, kind: str, config: Any = None, *, tokenizer: Any = None, data: Any = None,
+          work_dir: str | os.PathLike | None = None, teacher: nn.Module | None = None, teacher_tokenizer: Any = None,
+          progress: Progress | None = None, options: dict[str, Any] | None = None, **overrides: Any) -> dict[str, Any]:
+    """Run the registered pass ``kind`` (``"quantize"``, ``"prune"``, ``"distill"``, or one you registered)
+    on ``model`` in place; returns the pass's summary. ``config`` is its config, a dict of fields, or None
+    (fields from ``overrides``). ``data`` overrides the config's calibration / training source; ``work_dir``
+    keeps a resumable pass's state; ``progress(n, message)`` is called as units finish."""
+    config = make_config(kind, config, **overrides)
+    spec = REGISTRY.spec_for(kind, config)
+    ctx = PassContext(model, tokenizer, data, None if work_dir is None else Path(work_dir), teacher,
+                      teacher_tokenizer, progress or _no_progress, options=dict(options or {}))
+    if spec.needs_teacher and teacher is None:
+        raise InputError(f"the {kind} pass learns from a teacher: apply(..., teacher=parent_model)")
+    if spec.check is not None:
+        spec.check(ctx, config)
+    return spec.run(ctx, config)
+
+
+def config_from_options(kind: str, values: dict[str, Any], settings: list[str] | None = None) -> Any:
+    """The config of pass ``kind`` from a front end's options: ``values`` holds every option the command
+    has (the selected method's config class keeps the fields it takes), ``settings`` are ``FIELD=VALUE``
+    strings (VALUE read as YAML) for fields that have no option of their own, e.g. a registered method's."""
+    spec = REGISTRY.spec_for(kind, values)
+    names = set(spec.field_names)
+    extra: dict[str, Any] = {}
+    for item in settings or []:
+        name, sep, text = str(item).partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--set {item}: expected FIELD=VALUE, e.g. --set damp=0.05")
+        if name.strip() not in names:
+            raise ConfigError(f"--set {item}: {spec.method} has no field {name.strip()!r}; its fields: "
+                              f"{', '.join(sorted(names - {'version', 'extra'}))}")
+        extra[name.strip()] = yaml_value(text)
+    return make_config(kind, {k: v for k, v in values.items() if k in names} | extra)
+
+
+def pass_units(model: nn.Module, kind: str, config: Any) -> int:
+    """How many progress units pass ``kind`` reports on ``model`` with ``config``."""
+    spec = REGISTRY.spec_for(kind, config)
+    return spec.units(PassContext(model), config)
+
+
+def quantize(
+    model: nn.Module,
+    config: QuantConfig | dict | None = None,
+    *,
+    calib: Any = None,
+    tokenizer: Any = None,
+    work_dir: str | os.PathLike | None = None,
+    progress: Callable[..., None] | None = None,
+    **overrides: Any,
+):
+    """Quantize ``model`` in place; returns the manifest (also kept as ``model.compresskit_manifest``).
+
+    ``config`` is a `QuantConfig`, `GPTQConfig` or `OmniQuantConfig` (or any registered method's config), a
+    dict of fields (``method`` picks the class), or None (fields from ``overrides``). RTN needs no data.
+    GPTQ and OmniQuant calibrate on ``calib``: a ``[nsamples, seqlen]`` LongTensor of token ids, or a
+    source spec (``"builtin"``, ``"file:PATH"``, ``"generated"``, ``"hf:NAME"``; default ``config.calib``)
+    tokenized with ``tokenizer``. ``work_dir`` keeps per-block checkpoints so an interrupted OmniQuant run
+    resumes. ``progress(message, advance=1)`` is called per linear (RTN, GPTQ) or per block epoch
+    (OmniQuant).
+    """
+    config = make_config("quantize", config if config is not None else {"method": "rtn"}, **overrides)
+    report = (lambda n, message: progress(message, n)) if progress is not None else None
+    apply(model, "quantize", config, tokenizer=tokenizer, data=calib, work_dir=work_dir, progress=report)
+    return model.compresskit_manifest
+
+
+def progress_units(model: nn.Module, config: QuantConfig) -> int:
+    """How many progress units `quantize` reports: linears (RTN, GPTQ) or blocks x epochs (OmniQuant)."""
+    return pass_units(model, "quantize", config)
