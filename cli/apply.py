@@ -24,7 +24,7 @@ def apply(
     model: str = typer.Argument(..., help="embedded model name (smollm2-135m), local directory, or hub id"),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
     set_: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE",
-                                   help="a setting of the pass (VALUE read as YAML: 3, 3e-4, true, [a, b]); repeatable"),
+                                   help="a setting of the pass (VALUE read as YAML: 3, 3e-4, true, a list); repeatable"),
     teacher: Optional[str] = typer.Option(None, help="for a pass that learns from a teacher (default: MODEL)"),
     tasks: str = typer.Option("ppl,passkey", "--eval", help="evaluation tasks before and after (see compresskit eval)"),
     no_eval: bool = no_eval_option(),
@@ -70,7 +70,7 @@ def apply(
         raise typer.Exit(3)
     ev = result.evaluation
     name = getattr(settings, "name", kind)
-    console.print(comparison_table(f"{model} -> {output} ({name}, {result.seconds[1]:.1f}s)", before_bytes,
+    console.print(comparison_table(f"{model} -> {output} ({name}, {result.pass_seconds[1]:.1f}s)", before_bytes,
                                    api.checkpoint_bytes(output), ev and ev.before, ev and ev.child))
     if result.comparison is not None and result.comparison.gate is not None:
         console.print(f"gate: {escape(result.comparison.summary())}")

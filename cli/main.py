@@ -152,9 +152,9 @@ def quantize(
                            push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
                            state_dir=work_dir, keep_state=keep_state)
     except api.GateFailedError as e:
-        title = f"{model} -> {output} ({config.name}, quantized in {e.result.seconds.get(1, 0.0):.1f}s)"
+        title = f"{model} -> {output} ({config.name}, quantized in {e.result.pass_seconds.get(1, 0.0):.1f}s)"
         _gate_failed(e, comparison_table(title, before_bytes, None, e.evaluation.before, e.evaluation.child))
-    title = f"{model} -> {output} ({config.name}, quantized in {result.seconds[1]:.1f}s)"
+    title = f"{model} -> {output} ({config.name}, quantized in {result.pass_seconds[1]:.1f}s)"
     ev = result.evaluation
     console.print(comparison_table(title, before_bytes, api.checkpoint_bytes(output), ev and ev.before,
                                    ev and ev.child))
@@ -221,7 +221,7 @@ def prune(
     record, ev = result.results[1], result.evaluation
     shape = record["shape"]
     title = (f"{model} -> {output} ({config.name}: {shape['keep_layers']} layers, {shape['keep_heads']} heads / "
-             f"{shape['keep_groups']} KV, MLP {shape['keep_intermediate']}; pruned in {result.seconds[1]:.1f}s)")
+             f"{shape['keep_groups']} KV, MLP {shape['keep_intermediate']}; pruned in {result.pass_seconds[1]:.1f}s)")
     console.print(comparison_table(title, before_bytes, api.checkpoint_bytes(output), ev and ev.before, ev and ev.child,
                                    params=(record["params_before"], record["params_after"])))
     retrieval = record.get("retrieval")

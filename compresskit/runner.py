@@ -90,12 +90,14 @@ class GateFailedError(RuntimeError):
 @dataclass
 class RecipeResult:
     """A finished run: the plan (each stage's ``state`` as it was found), what ran and how long it took,
-    each pass's summary (``results``, by position), the saved ``output``, the evaluation of the saved
+    each pass's summary (``results``, by position) and the seconds of its own work (``pass_seconds``: a
+    stage run in memory also scores the parent first), the saved ``output``, the evaluation of the saved
     model and its gate (``evaluation``, ``comparison``) and the push."""
 
     plan: RecipePlan
     output: Path
     seconds: dict[int, float] = field(default_factory=dict)  # position -> seconds, of the stages that ran
+    pass_seconds: dict[int, float] = field(default_factory=dict)  # position -> seconds of the pass's own work
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
     evaluation: Evaluation | None = None
     push: Any = None
@@ -203,7 +205,9 @@ class Runner:
         units = spec.units(ctx, config)
         self.emit(RecipeEvent("start", s, n=units))
         self.emit(RecipeEvent("phase", s, n=units, label=f"{spec.verb} {s.step.name}"))
+        t0 = time.perf_counter()
         self._result.results[s.position] = spec.run(ctx, config)
+        self._result.pass_seconds[s.position] = time.perf_counter() - t0
         if not self.in_memory:
             save(model, tok, s.path, overwrite=True)
         self._current = (model, tok, s.key)

@@ -135,3 +135,21 @@ def test_every_cpu_backend_gives_the_reference_logits_on_smollm2(fp_model):
             # cpu_native's decode step rounds activations to int16 per 128 features (1.2e-4 measured)
             assert err < (5e-4 if name == "cpu_native" else 1e-4), (name, err)
             assert torch.equal(got[0, -1].argmax(), ref[0, -1].argmax()), name
+
+
+def test_quantize_and_the_equivalent_recipe_write_the_same_checkpoint(tmp_path):
+    """The done-means of the one runner on the real model: `compresskit quantize ... --no-eval` (a one-pass
+    recipe in memory) and `compresskit run` of the same recipe (stage kept in a work directory, saved again
+    from there) write byte-identical safetensors and the same manifest."""
+    a, b = tmp_path / "A", tmp_path / "B"
+    result = CliRunner().invoke(app, ["quantize", "smollm2-135m", "--method", "rtn", "--wbits", "4", "--group-size",
+                                      "64", "--no-eval", "--output", str(a)])
+    assert result.exit_code == 0, result.output
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: smollm2-135m\noutput: {b}\npasses:\n  - quantize: {{method: rtn, wbits: 4, "
+                      "group_size: 64}\n  - save\n")
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    qa, qb = (json.loads((d / "config.json").read_text())["quantization_config"] for d in (a, b))
+    assert qa == qb
