@@ -16,6 +16,7 @@ from .api import (  # noqa: E402
     PassSpec,
     apply,
     compare,
+    copy_model,
     evaluate,
     export_model,
     info,
@@ -24,6 +25,7 @@ from .api import (  # noqa: E402
     plan_recipe,
     push,
     quantize,
+    record,
     register,
     run_pass,
     run_recipe,
@@ -43,6 +45,7 @@ from .quant.gptq import GPTQConfig  # noqa: E402
 from .quant.omniquant import OmniQuantConfig  # noqa: E402
 
 __all__ = ["CompresskitError", "DistillConfig", "EvalSettings", "GPTQConfig", "OmniQuantConfig", "PassSpec",
-           "PruneConfig", "QuantConfig", "apply", "compare", "distill_model", "evaluate", "export_model", "info",
-           "kernel_backends", "load_model", "plan_recipe", "prune_model", "push", "quantize", "register", "run_pass",
-           "run_recipe", "save", "set_kernel_backend", "write_card", "write_eval_report", "__version__"]
+           "PruneConfig", "QuantConfig", "apply", "compare", "copy_model", "distill_model", "evaluate",
+           "export_model", "info", "kernel_backends", "load_model", "plan_recipe", "prune_model", "push",
+           "quantize", "record", "register", "run_pass", "run_recipe", "save", "set_kernel_backend", "write_card",
+           "write_eval_report", "__version__"]

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from .core.arch import get_arch
 from .core.errors import ConfigError, InputError
+from .core.record import PassResult, record_of
 from .distill import (
     DistillConfig, DistillResult, apply_lora, has_checkpoint, merge_lora, part_parameters, require_peft, run_distillation,
 )
@@ -121,9 +122,8 @@ def _round_to_storage(params: list[nn.Parameter], storage: torch.dtype | None) -
 def _summary(result: DistillResult, config: DistillConfig, teacher: nn.Module, extra: dict[str, Any]) -> dict[str, Any]:
     hist = result.history
     first, last = (hist[0], hist[-1]) if hist else ({}, {})
-    source = getattr(teacher, "compresskit_source", {}) or {}
     return {"recipe": config.to_dict(), "name": config.name,
-            "teacher": source.get("name") or getattr(teacher.config, "_name_or_path", None),
+            "teacher": record_of(teacher).source.name or getattr(teacher.config, "_name_or_path", None),
             "steps": result.steps, "tokens": result.tokens, "seconds": round(result.seconds, 1),
             "tokens_per_second": round(result.tokens_per_second, 1), "resumed_from": result.resumed_from,
             "interrupted": result.interrupted, "loss_first": first.get("loss"), "loss_last": last.get("loss"),
@@ -154,14 +154,15 @@ def distill(
     same settings and directory continues exactly); ``stop_after`` stops after that many steps (as an
     interruption would). ``progress(step, total, info)`` is called per optimizer step. Trained float
     weights are rounded to the student's storage dtype (bf16 for the embedded model) unless
-    ``round_to_storage=False``. The run's summary is kept as ``student.compresskit_distillation``
-    (``save`` writes it as ``distillation.json`` and into config.json / the quantization manifest).
+    ``round_to_storage=False``. The run's summary goes into the student's record (`compresskit.record`;
+    ``save`` writes it as ``distillation.json`` and into config.json / the quantization manifest).
     """
     config = make_distill_config(config, **overrides)
     check_distill(student, teacher, config)
     samples = sampler(tokenizer, data if data is not None else config.data, seed=config.seed, model=teacher,
                       retrieval_mix=config.retrieval_mix)
-    storage = _STORAGE.get(str((getattr(student, "compresskit_source", None) or {}).get("dtype")))
+    record = record_of(student)
+    storage = _STORAGE.get(str(record.source.dtype))
     extra: dict[str, Any] = {}
     if config.quant_params_only:
         from .quant.qat import make_scales_trainable, write_back_scales  # only for packed students
@@ -193,14 +194,10 @@ def distill(
     if round_to_storage:
         _round_to_storage(trained, storage)
     summary = _summary(result, config, teacher, extra)
-    student.compresskit_distillation = {**summary, "history": result.history}
-    student.config.compresskit_distillation = summary
-    manifest = getattr(student, "compresskit_manifest", None)
-    qcfg = getattr(student.config, "quantization_config", None)
-    if manifest is None and qcfg is not None and hasattr(qcfg, "manifest"):
-        manifest = student.compresskit_manifest = qcfg.manifest()
-    if manifest is not None:
-        manifest.report = {**(manifest.report or {}), "distillation": summary}
+    record.passes.append(PassResult("distill", config.name, config.to_dict(), summary,
+                                    {**summary, "history": result.history}))
+    if record.manifest is not None:  # a quantized student: the manifest says how its scales were trained
+        record.manifest.report = {**(record.manifest.report or {}), "distillation": summary}
     return result
 
 

@@ -4,6 +4,7 @@ Every other API module builds on this one (re-exported by compresskit.api).
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from .api_publish import card_writer
 from .core.errors import CompresskitError, InputError
 from .core.fsutil import check_output_dir, dir_size_bytes, write_json_atomic
 from .core.manifest import QuantManifest
+from .core.record import Evaluation, ModelRecord, record_of, set_record
 from .export import save_native
 from .kernels.backends import table as _backend_table
 from .kernels.modules import set_kernel_backend as _set_backend
@@ -96,15 +98,23 @@ def write_report(path: str | os.PathLike, report: Any) -> None:
     write_json_atomic(path, report.to_dict() if hasattr(report, "to_dict") else report)
 
 
+def record(model: nn.Module) -> ModelRecord:
+    """What was done to ``model``: its source, the passes that ran (resolved configs, summaries) and its
+    evaluation (a `ModelRecord`; ``save`` writes it, the model card and `info` read it back)."""
+    return record_of(model)
+
+
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with a copy of its record (``copy.deepcopy`` copies the weights, and the copy
+    starts a record of its own, from its config: it no longer knows its source's storage dtype)."""
+    clone = copy.deepcopy(model)
+    set_record(clone, copy.deepcopy(record_of(model)))
+    return clone
+
+
 def manifest_of(model: nn.Module) -> QuantManifest | None:
     """The quantization manifest of a model quantized in this process or loaded from a checkpoint."""
-    manifest = getattr(model, "compresskit_manifest", None)
-    if manifest is not None:
-        return manifest
-    qcfg = getattr(model.config, "quantization_config", None)
-    if qcfg is not None and hasattr(qcfg, "manifest"):
-        return qcfg.manifest()
-    return None
+    return record_of(model).manifest
 
 
 def save(
@@ -116,40 +126,33 @@ def save(
     evaluation: dict[str, Any] | None = None,
     files: dict[str, str | bytes | os.PathLike] | None = None,
 ) -> Path:
-    """Write the model (quantized or not) as safetensors + config.json, atomically.
+    """Write the model (quantized or not) as safetensors + config.json, atomically, with its record.
 
     Non-quantized float tensors are stored in the source checkpoint's dtype (bf16 for the embedded
-    model); scales as fp16. ``evaluation`` (JSON-able, or reports with ``to_dict``) goes into the
-    manifest. ``files`` adds files to the artifact inside the same atomic write, before its card:
-    relative name -> text (``str``), ``bytes``, or a ``Path`` of a file or directory to copy (e.g.
-    ``{"recipe.yaml": text, "evaluation": report_dir}``). An existing ``path`` is refused unless
-    ``overwrite``.
+    model); scales as fp16. ``evaluation`` (role -> report: ``before``, ``after``, and ``gate`` -> the
+    comparison; reports with ``to_dict`` or dicts) becomes the record's evaluation: the manifest holds
+    it, or a float checkpoint's pass summaries hold its scores. ``files`` adds files to the artifact
+    inside the same atomic write, before its card: relative name -> text (``str``), ``bytes``, or a
+    ``Path`` of a file or directory to copy (e.g. ``{"recipe.yaml": text, "evaluation": report_dir}``).
+    An existing ``path`` is refused unless ``overwrite``.
     """
-    source = getattr(model, "compresskit_source", {}) or {}
-    storage = _DTYPES.get(str(source.get("dtype")), next(model.parameters()).dtype)
+    rec = record_of(model)
+    storage = _DTYPES.get(str(rec.source.dtype), next(model.parameters()).dtype)
     if not storage.is_floating_point:
         storage = torch.float32
-    manifest = manifest_of(model)
-    if manifest is not None and evaluation is not None:
-        manifest.evaluation = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in evaluation.items()}
-    pruning = getattr(model, "compresskit_pruning", None)
-    if pruning is not None and evaluation is not None and manifest is None:
-        model.config.compresskit_pruning = {**model.config.compresskit_pruning,
-                                            "evaluation": score_summary(evaluation)}
-    distillation = getattr(model, "compresskit_distillation", None)  # set by `distill`
-    if distillation is not None and evaluation is not None and manifest is None:
-        model.config.compresskit_distillation = {**model.config.compresskit_distillation,
-                                                 "evaluation": score_summary(evaluation)}
-    sidecars = {name: data for name, data in (("pruning.json", pruning), ("distillation.json", distillation))
-                if data is not None}
-    card = card_writer(model, evaluation, path)
+    if evaluation is not None:
+        rec.evaluation = Evaluation.of(evaluation)
+    manifest = rec.manifest
+    if manifest is not None and rec.evaluation is not None:
+        manifest.evaluation = rec.evaluation.to_dict()
+    card = card_writer(model, None if rec.evaluation is None else rec.evaluation.table_source(), path)
 
     def finalize(directory: Path) -> None:
         _add_files(directory, files or {})
         card(directory)
 
     return save_native(model, tokenizer, path, manifest, overwrite=overwrite, storage_dtype=storage,
-                       sidecars=sidecars or None, finalize=finalize)
+                       sidecars=rec.side_files() or None, config_updates=rec.saved_config(), finalize=finalize)
 
 
 def _add_files(directory: Path, files: dict[str, str | bytes | os.PathLike]) -> None:
@@ -169,19 +172,6 @@ def _add_files(directory: Path, files: dict[str, str | bytes | os.PathLike]) -> 
             shutil.copy2(content, target)
 
 
-def score_summary(evaluation: dict[str, Any]) -> dict[str, Any]:
-    """``{"before": {"ppl@1024": 34.5, ...}, ...}`` from reports (or dicts with ``rows``)."""
-    out: dict[str, Any] = {}
-    for key, rep in evaluation.items():
-        d = rep.to_dict() if hasattr(rep, "to_dict") else rep
-        rows = d.get("rows") if isinstance(d, dict) else None
-        if rows and "score" not in rows[0]:  # a comparison (gate): its verdict
-            out[key] = {k: d[k] for k in ("passed", "gate", "forced") if k in d}
-            continue
-        out[key] = {f"{r['task']}@{r['length']}": r["score"] for r in rows} if rows is not None else d
-    return out
-
-
 def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Fail before any work if ``path`` exists and ``overwrite`` is False."""
     return check_output_dir(path, overwrite)
@@ -193,11 +183,14 @@ def checkpoint_bytes(name_or_path: str | os.PathLike) -> int:
 
 
 def info(name_or_path: str | os.PathLike) -> dict[str, Any]:
-    """What a checkpoint is: architecture, sizes, and the compression recipe if any."""
+    """What a checkpoint is: architecture, sizes, and its record (the passes that made it, their settings,
+    its evaluation's scores; `ModelRecord.from_saved`)."""
     path = Path(resolve_model(name_or_path))
     config = json.loads((path / "config.json").read_text())
     qcfg = config.get("quantization_config")
-    manifest = QuantManifest.from_dict(qcfg) if qcfg and qcfg.get("quant_method") == "compresskit" else None
+    rec = ModelRecord.from_saved(config, path)
+    manifest = rec.manifest
+    saved = rec.saved_config()
     return {
         "path": str(path),
         "model_type": config.get("model_type"),
@@ -219,6 +212,9 @@ def info(name_or_path: str | os.PathLike) -> dict[str, Any]:
             "attention_abits": manifest.attention_abits,
         },
         "foreign_quantization": qcfg if qcfg and manifest is None else None,
-        "pruning": config.get("compresskit_pruning"),
-        "distillation": config.get("compresskit_distillation"),
+        "pruning": saved.get("compresskit_pruning"),
+        "distillation": saved.get("compresskit_distillation"),
+        "passes": [{"pass": p.kind, "name": p.name} for p in rec.passes],
+        "evaluation": None if rec.evaluation is None else rec.evaluation.scores(),
+        "recipe": rec.recipe,
     }

@@ -33,6 +33,7 @@ from .api_prune import parameter_count, prune, prune_plan, prune_units
 from .core.arch import get_arch
 from .core.config import CalibratedConfig, QuantConfig
 from .core.errors import ConfigError, InputError
+from .core.record import PassResult, record_of
 from .core.registry import REGISTRY, PassSpec, register
 from .distill import DistillConfig
 from .distill.config import RESUME_NEUTRAL
@@ -93,8 +94,10 @@ def _calibration(ctx: PassContext, config: CalibratedConfig):
 
 
 def _quantized(ctx: PassContext, manifest: Any) -> dict[str, Any]:
-    ctx.model.compresskit_manifest = manifest
-    return {"name": manifest.recipe.name, "quantized_linears": len(manifest.linears)}
+    summary = {"name": manifest.recipe.name, "quantized_linears": len(manifest.linears)}
+    record_of(ctx.model).passes.append(PassResult("quantize", manifest.recipe.name, manifest.recipe.to_dict(), summary,
+                                                  manifest))
+    return summary
 
 
 def run_rtn(ctx: PassContext, config: QuantConfig) -> dict[str, Any]:
@@ -142,8 +145,7 @@ def run_distill(ctx: PassContext, config: DistillConfig) -> dict[str, Any]:
 
     result = distill(ctx.model, ctx.teacher, config, tokenizer=ctx.teacher_tokenizer or ctx.tokenizer, data=ctx.data,
                      work_dir=ctx.state_dir, progress=on_step if ctx.reporting else None, **ctx.options)
-    summary = {k: v for k, v in ctx.model.compresskit_distillation.items() if k != "history"}
-    return {**summary, "result": result}
+    return {**record_of(ctx.model).last("distill").summary, "result": result}
 
 
 register(PassSpec("quantize", "rtn", QuantConfig, run_rtn, units=lambda ctx, c: count_quantizable(ctx.model, c),
@@ -229,7 +231,7 @@ def quantize(
     progress: Callable[..., None] | None = None,
     **overrides: Any,
 ):
-    """Quantize ``model`` in place; returns the manifest (also kept as ``model.compresskit_manifest``).
+    """Quantize ``model`` in place; returns the manifest (also in the model's record, `compresskit.record`).
 
     ``config`` is a `QuantConfig`, `GPTQConfig` or `OmniQuantConfig` (or any registered method's config), a
     dict of fields (``method`` picks the class), or None (fields from ``overrides``). RTN needs no data.
@@ -242,7 +244,7 @@ def quantize(
     config = make_config("quantize", config if config is not None else {"method": "rtn"}, **overrides)
     report = (lambda n, message: progress(message, n)) if progress is not None else None
     apply(model, "quantize", config, tokenizer=tokenizer, data=calib, work_dir=work_dir, progress=report)
-    return model.compresskit_manifest
+    return record_of(model).manifest
 
 
 def progress_units(model: nn.Module, config: QuantConfig) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .core.fsutil import check_output_dir, dir_size_bytes
+from .core.record import record_of
 from .export.card import CardParent, parent_from_card, read_card_metadata
 from .export.card import write_card as _write
 from .export.compressed_tensors import export_compressed_tensors
@@ -68,10 +69,10 @@ def card_parent(name: str | None, path: str | os.PathLike | None = None):
 
 
 def model_parent(model: Any):
-    """`card_parent` of a loaded model (``model.compresskit_source``, else its config's name)."""
-    source = getattr(model, "compresskit_source", None) or {}
-    name = source.get("name") or getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    return card_parent(name, source.get("path"))
+    """`card_parent` of a loaded model (its record's source, else its config's name)."""
+    source = record_of(model).source
+    name = source.name or getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    return card_parent(name, source.path)
 
 
 def card_writer(model: Any, evaluation: dict[str, Any] | None, path: str | os.PathLike) -> Callable[[Path], None]:

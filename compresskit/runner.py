@@ -25,6 +25,7 @@ from .api_passes import PassContext
 from .api_publish import push
 from .api_recipe_plan import RecipePlan, Stage
 from .core.fsutil import write_json_atomic
+from .core.record import Source, record_of
 from .core.registry import REGISTRY
 from .core.version import __version__
 from .eval import EvalReport
@@ -111,17 +112,6 @@ class RecipeResult:
         return [s.kind for s in self.plan.stages if s.position in self.seconds]
 
 
-def load_stage_model(source: str):
-    """A model and tokenizer from the recipe's model or a stage directory (its pruning / distillation
-    records put back, so the final save carries them on)."""
-    model, tok = load_model(source)
-    for name, attr in (("pruning.json", "compresskit_pruning"), ("distillation.json", "compresskit_distillation")):
-        record = Path(source) / name
-        if record.is_file():
-            setattr(model, attr, json.loads(record.read_text()))
-    return model, tok
-
-
 def recipe_yaml(plan: RecipePlan) -> str:
     """The resolved recipe as it is saved beside the weights (``recipe.yaml``)."""
     recipe = plan.recipe
@@ -166,7 +156,7 @@ class Runner:
             return self._current[0], self._current[1]
         self._current = None  # free it before loading the next
         self.emit(RecipeEvent("phase", s, label=f"loading {s.model}"))
-        model, tok = load_stage_model(s.model)
+        model, tok = load_model(s.model)  # a stage directory's record comes with it
         self._current = (model, tok, s.inputs[0])
         return model, tok
 
@@ -283,12 +273,12 @@ class Runner:
         model, tok = self._model_at(s)
         self.emit(RecipeEvent("start", s, n=1))
         self.emit(RecipeEvent("phase", s, label=f"saving {recipe.output}"))
-        source = getattr(model, "compresskit_source", None) or {}
+        rec = record_of(model)
         # the card's parent is the recipe's model, not the last stage directory
-        model.compresskit_source = {**source, "name": recipe.model, "path": resolve_model(recipe.model)}
+        rec.source = Source(recipe.model, resolve_model(recipe.model), rec.source.dtype)
         files: dict[str, Any] = {}
         if plan.record_recipe:
-            model.config.compresskit_recipe = {
+            rec.recipe = {
                 "name": recipe.name, "key": s.key, "compresskit_version": __version__,
                 "stages": [{"pass": t.kind, "name": t.step.name, "key": t.key} for t in plan.stages
                            if t.position < s.position]}

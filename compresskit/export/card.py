@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..core.record import ModelRecord
 from ..core.version import __version__
 
 CARD_VERSION = 1
@@ -230,16 +231,15 @@ def _mb(n: int | None) -> str:
 
 def _evaluation(directory: Path, config: dict[str, Any], evaluation: dict[str, Any] | None) -> dict[str, Any] | None:
     report = directory / "evaluation" / "report.json"
-    q, export = config.get("quantization_config") or {}, config.get("compresskit_export") or {}
+    export = config.get("compresskit_export") or {}
     candidates = [evaluation]
     if report.is_file():
         try:
             candidates.append(json.loads(report.read_text()))
         except json.JSONDecodeError:
             pass
-    candidates += [q.get("evaluation") if q.get("quant_method") == "compresskit" else None, export.get("evaluation"),
-                   (config.get("compresskit_pruning") or {}).get("evaluation"),
-                   (config.get("compresskit_distillation") or {}).get("evaluation")]
+    saved = ModelRecord.from_saved(config).evaluation  # the record's one reader: manifest, or pass summaries
+    candidates += [None if saved is None else saved.table_source(), export.get("evaluation")]
     return next((t for c in candidates if (t := evaluation_table(c)) is not None), None)
 
 

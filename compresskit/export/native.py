@@ -85,6 +85,7 @@ def save_native(
     storage_dtype: torch.dtype = torch.bfloat16,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     sidecars: dict[str, Any] | None = None,
+    config_updates: dict[str, Any] | None = None,
     finalize: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` (quantized when ``manifest`` is given) to ``path`` atomically; ``sidecars`` maps
@@ -92,7 +93,7 @@ def save_native(
     runs last, inside the temporary directory (the model card is written there)."""
     with atomic_output_dir(path, overwrite=overwrite) as tmp:
         files = write_safetensors(storage_state_dict(model, storage_dtype), tmp, max_shard_bytes)
-        config = model.config.to_dict()
+        config = model.config.to_dict() | (config_updates or {})
         config.pop("quantization_config", None)
         config["dtype"] = str(storage_dtype).removeprefix("torch.")
         if manifest is not None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..core.record import ModelRecord, Source, set_record
 from ..core.arch import get_arch
 from ..core.errors import CompresskitError
 from ..core.fsutil import sha256_file
@@ -108,7 +109,9 @@ def load_pretrained(
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", device_map=device)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model.compresskit_source = {"name": str(name_or_path), "path": path, "dtype": source_dtype}
+    # the record starts here: where the model came from, and what its checkpoint says was done to it
+    set_record(model, ModelRecord.from_saved(config.to_dict(), path if Path(path).is_dir() else None,
+                                             Source(str(name_or_path), path, source_dtype)))
     return model, tokenizer
 
 

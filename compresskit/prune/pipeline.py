@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..core.record import PassResult, record_of
 from ..core.arch import get_arch
 from ..core.errors import InputError
 from ..core.version import __version__
@@ -42,7 +43,7 @@ def prune_in_place(model: nn.Module, config: PruneConfig, ids: torch.Tensor | No
     with retrieval protection, on ``probes``. Scores computed before on the same (unpruned) model can be
     passed as ``importance`` / ``retrieval`` (``[layers, heads]``) to skip the scoring passes (a sweep
     over settings scores once). Returns the full provenance record (also set as
-    ``model.compresskit_pruning``; its summary goes into ``model.config.compresskit_pruning``)."""
+    the model's record, ``compresskit.core.record``; its summary goes into ``model.config.compresskit_pruning``)."""
     spec = get_arch(model)
     p = plan(config, model.config)
     params_before = count_parameters(model)
@@ -100,6 +101,9 @@ def _retrieval_summary(retrieval: torch.Tensor, protected: torch.Tensor) -> dict
 
 def _finish(model: nn.Module, record: dict[str, Any], kept_mlp: dict[str, list[int]]) -> dict[str, Any]:
     """Keep the record on the model (full) and its summary on the config (saved in config.json)."""
-    model.config.compresskit_pruning = {k: v for k, v in record.items() if k != "importance"}
-    model.compresskit_pruning = {**record, "kept_mlp_channels": kept_mlp}
-    return model.compresskit_pruning
+    summary = {k: v for k, v in record.items() if k != "importance"}
+    model.config.compresskit_pruning = summary  # the pruned shape (kept layers), as config.json will hold it
+    detail = {**record, "kept_mlp_channels": kept_mlp}
+    record_of(model).passes.append(PassResult("prune", PruneConfig.from_dict(record["recipe"]).name, record["recipe"],
+                                              summary, detail))
+    return detail

@@ -32,7 +32,7 @@ def test_full_student_through_the_api(pair, tmp_path, tiny_tokenizer):
     result = compresskit.distill_model(s, t, data=token_stream(), seqlen=64, steps=20, batch_size=4, lr=3e-4,
                                        warmup_steps=3)
     assert mean_kl(s, t, HELD_OUT) < before
-    summary = s.compresskit_distillation
+    summary = compresskit.record(s).last("distill").detail
     assert summary["steps"] == 20 and summary["kl_last"] < summary["kl_first"] and len(summary["history"]) == 20
     assert result.steps == 20
     out = api.save(s, tiny_tokenizer, tmp_path / "distilled", evaluation={"after": {"rows": []}})
@@ -50,7 +50,7 @@ def test_full_student_through_the_api(pair, tmp_path, tiny_tokenizer):
 def test_trained_weights_are_rounded_to_the_storage_dtype(pair):
     t, s0 = pair
     s = copy.deepcopy(s0)
-    s.compresskit_source = {"dtype": "bfloat16"}  # as the embedded model's checkpoint
+    compresskit.record(s).source.dtype = "bfloat16"  # as the embedded model's checkpoint
     compresskit.distill_model(s, t, data=token_stream(), seqlen=32, steps=2, lr=1e-3)
     assert all(torch.equal(p, p.to(torch.bfloat16).float()) for p in s.parameters())
 
@@ -131,7 +131,7 @@ def test_quant_params_only_keeps_the_codes_learns_the_scales_and_reloads(tmp_pat
     assert float(ratio.median()) < 1.15  # from 1.25, back towards RTN's own scales
     after = mean_kl(s, t, HELD_OUT)
     assert after < 0.75 * before, (before, after)
-    assert s.compresskit_manifest.report["distillation"]["scales"]["layers"] == 14
+    assert compresskit.record(s).manifest.report["distillation"]["scales"]["layers"] == 14
 
     out = api.save(s, tiny_tokenizer, tmp_path / "w3-distilled")
     reloaded, _ = compresskit.load_model(out, backend="reference")
@@ -209,7 +209,7 @@ def test_train_parts_trains_only_the_named_parts(pair):
     changed = {n for n, p in s.named_parameters() if not torch.equal(p, start[n])}
     mlp = {n for n in start if ".mlp." in n}
     assert changed == mlp  # every MLP weight moved, nothing else did (attention, norms, embeddings)
-    assert s.compresskit_distillation["name"] == "distill-mlp-s64x10"
+    assert compresskit.record(s).last("distill").detail["name"] == "distill-mlp-s64x10"
 
 
 def test_retrieval_mix_reaches_the_training_windows(tiny_tokenizer):

@@ -283,7 +283,7 @@ def test_folded_norms_keep_their_precision_when_the_source_is_bf16(tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.to(torch.bfloat16).float())  # a model loaded from a bf16 checkpoint
-    model.compresskit_source = {"dtype": "bfloat16"}
+    compresskit.record(model).source.dtype = "bfloat16"
     ids = torch.randint(0, 320, (4, 32), generator=torch.Generator().manual_seed(0))
     compresskit.quantize(model, OmniQuantConfig(wbits=3, group_size=32, nsamples=4, seqlen=32, epochs=1, let=True), calib=ids)
     norm = model.model.layers[0].input_layernorm.weight

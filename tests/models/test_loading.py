@@ -126,7 +126,7 @@ def test_supported_families_load(family, tmp_path, tiny_tokenizer):
     assert not model.training
     assert next(model.parameters()).dtype == torch.float32
     assert model.config._attn_implementation == "sdpa"
-    assert model.compresskit_source == {"name": str(d), "path": str(d), "dtype": "float32"}
+    assert compresskit.record(model).source.to_dict() == {"name": str(d), "path": str(d), "dtype": "float32"}
     ref = make_tiny_model(family, tie=False)
     ids = torch.randint(0, 320, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -247,5 +247,5 @@ def test_embedded_model_uses_cache(tmp_path, monkeypatch, tiny_tokenizer):
     assert resolve_model("smollm2-135m") == str(cached)
     model, _ = compresskit.load_model("smollm2-135m")
     assert model.config.model_type == "llama"
-    assert model.compresskit_source["name"] == "smollm2-135m"
+    assert compresskit.record(model).source.name == "smollm2-135m"
     assert asked == []
