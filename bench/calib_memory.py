@@ -37,7 +37,7 @@ def run_one(nsamples: int, seqlen: int, blocks: int, epochs: int) -> dict:
     times: list[float] = []
     t0 = time.perf_counter()
 
-    def progress(message: str, n: int = 1) -> None:
+    def progress(n: int, message: str | None = None) -> None:
         times.append(time.perf_counter() - t0)
         if message.startswith(f"block {blocks + 1}/"):
             raise _Stop

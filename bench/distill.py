@@ -39,9 +39,8 @@ def _distill(student, teacher, tok, args, **fields) -> dict:
 
     t0 = time.perf_counter()
 
-    def show(step: int, total: int, info: dict) -> None:
-        print(f"  step {step}/{total}: kl {info['kl']:.4f}, seq {info['seqlen']}, lr {info['lr']:.2e}, "
-              f"{info['tokens_per_s']:.1f} tok/s, {time.perf_counter() - t0:.0f}s", flush=True)
+    def show(n: int, message: str | None = None) -> None:
+        print(f"  {message}, {time.perf_counter() - t0:.0f}s", flush=True)
 
     result = compresskit.distill_model(student, teacher, tokenizer=tok, data="builtin", seed=args.seed,
                                        gradient_checkpointing=args.gradient_checkpointing, kl_chunk=args.kl_chunk,

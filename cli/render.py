@@ -116,6 +116,8 @@ def info_table(info: dict[str, Any]) -> Table:
     for key in ("model_type", "layers", "hidden_size", "dtype"):
         table.add_row(key, str(info.get(key)))
     table.add_row("weights (MB)", f"{info['weights_bytes'] / 1e6:.1f}")
+    if info.get("passes"):
+        table.add_row("passes", escape(" -> ".join(f"{p['pass']} ({p['name']})" for p in info["passes"])))
     pruning = info.get("pruning")
     if pruning:
         plan, recipe = pruning.get("plan", {}), pruning.get("recipe", {})

@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from .core.arch import get_arch
 from .core.errors import ConfigError, InputError
+from .core.progress import Progress
 from .core.record import PassResult, record_of
 from .distill import (
     DistillConfig, DistillResult, apply_lora, has_checkpoint, merge_lora, part_parameters, require_peft, run_distillation,
@@ -138,7 +139,7 @@ def distill(
     tokenizer: Any = None,
     data: Any = None,
     work_dir: str | os.PathLike | None = None,
-    progress: Callable[[int, int, dict], None] | None = None,
+    progress: Progress | None = None,
     stop_after: int | None = None,
     round_to_storage: bool = True,
     **overrides: Any,
@@ -152,13 +153,15 @@ def distill(
     weights) learn and the integer codes stay as they are. ``data`` defaults to ``config.data`` (see
     `sampler`). ``work_dir`` keeps a resumable state (every ``checkpoint_every`` steps; a rerun with the
     same settings and directory continues exactly); ``stop_after`` stops after that many steps (as an
-    interruption would). ``progress(step, total, info)`` is called per optimizer step. Trained float
+    interruption would). ``progress(n, message)`` (compresskit.core.progress) is called per optimizer step, the message
+    holding the step, loss, KL, sequence length, learning rate and tokens/s. Trained float
     weights are rounded to the student's storage dtype (bf16 for the embedded model) unless
     ``round_to_storage=False``. The run's summary goes into the student's record (`compresskit.record`;
     ``save`` writes it as ``distillation.json`` and into config.json / the quantization manifest).
     """
     config = make_distill_config(config, **overrides)
     check_distill(student, teacher, config)
+    on_step = None if progress is None else _step_progress(progress)
     samples = sampler(tokenizer, data if data is not None else config.data, seed=config.seed, model=teacher,
                       retrieval_mix=config.retrieval_mix)
     record = record_of(student)
@@ -170,7 +173,7 @@ def distill(
         trainable = make_scales_trainable(student, train_norms=config.train_norms)
         try:
             result = run_distillation(student, teacher, config, samples, trainable=trainable, work_dir=work_dir,
-                                      progress=progress, stop_after=stop_after)
+                                      progress=on_step, stop_after=stop_after)
         finally:
             extra["scales"] = write_back_scales(student)
         trained = [p for p in trainable if p.dim() == 1]  # norm weights; the scales were rounded to fp16
@@ -178,7 +181,7 @@ def distill(
         torch.manual_seed(config.seed)  # the adapters' initialisation, reproducibly
         model = apply_lora(student, config)
         try:
-            result = run_distillation(model, teacher, config, samples, work_dir=work_dir, progress=progress,
+            result = run_distillation(model, teacher, config, samples, work_dir=work_dir, progress=on_step,
                                       stop_after=stop_after)
         finally:  # the student is a plain model again whatever happened (the state is in work_dir)
             merged = merge_lora(model)
@@ -188,7 +191,7 @@ def distill(
     else:
         trained = part_parameters(student, config.train_parts)
         result = run_distillation(student, teacher, config, samples, trainable=trained, work_dir=work_dir,
-                                  progress=progress, stop_after=stop_after)
+                                  progress=on_step, stop_after=stop_after)
     for p in student.parameters():
         p.requires_grad_(False)
     if round_to_storage:
@@ -199,6 +202,18 @@ def distill(
     if record.manifest is not None:  # a quantized student: the manifest says how its scales were trained
         record.manifest.report = {**(record.manifest.report or {}), "distillation": summary}
     return result
+
+
+def _step_progress(progress: Progress) -> Callable[[int, int, dict], None]:
+    """The training loop's per-step hook (step, total, metrics) as the one progress protocol."""
+    seen = [0]
+
+    def on_step(step: int, total: int, info: dict) -> None:
+        progress(step - seen[0], f"step {step}/{total}: loss {info['loss']:.4f}, kl {info.get('kl', float('nan')):.4f}, "
+                                 f"{info['tokens_per_s']:.0f} tok/s, seq {info['seqlen']}, lr {info['lr']:.2e}")
+        seen[0] = step
+
+    return on_step
 
 
 def check_distill_dependencies(config: DistillConfig) -> None:

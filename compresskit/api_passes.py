@@ -33,6 +33,7 @@ from .api_prune import parameter_count, prune, prune_plan, prune_units
 from .core.arch import get_arch
 from .core.config import CalibratedConfig, QuantConfig
 from .core.errors import ConfigError, InputError
+from .core.progress import Progress, no_progress
 from .core.record import PassResult, record_of
 from .core.registry import REGISTRY, PassSpec, register
 from .distill import DistillConfig
@@ -42,14 +43,6 @@ from .quant import plan_linears, quantize_rtn
 from .quant.gptq import GPTQConfig, quantize_gptq
 from .quant.omniquant import OmniQuantConfig, quantize_omniquant
 from .recipe import yaml_value
-
-# progress of a pass: ``progress(n, message)``, n units done (message: what is happening, or None)
-Progress = Callable[[int, "str | None"], None]
-
-
-def _no_progress(n: int, message: str | None = None) -> None:
-    return None
-
 
 @dataclass
 class PassContext:
@@ -67,7 +60,7 @@ class PassContext:
     state_dir: Path | None = None
     teacher: nn.Module | None = None
     teacher_tokenizer: Any = None
-    progress: Progress = _no_progress
+    progress: Progress = no_progress
     note: Callable[[str], None] = lambda message: None
     options: dict[str, Any] = field(default_factory=dict)
     reporting: bool = True  # False on the other ranks of a distributed run: no progress display there
@@ -78,11 +71,6 @@ class PassContext:
 def count_quantizable(model: nn.Module, config: QuantConfig) -> int:
     """How many linears ``config`` would quantize (raises on a bad setting, changing nothing)."""
     return len(plan_linears(model, config)[0])
-
-
-def _lib_progress(ctx: PassContext) -> Callable[..., None]:
-    """The quant room's callback shape, ``progress(message, n=1)``."""
-    return lambda message=None, n=1: ctx.progress(n, message)
 
 
 def _check_quantize(ctx: PassContext, config: QuantConfig) -> None:
@@ -101,18 +89,18 @@ def _quantized(ctx: PassContext, manifest: Any) -> dict[str, Any]:
 
 
 def run_rtn(ctx: PassContext, config: QuantConfig) -> dict[str, Any]:
-    return _quantized(ctx, quantize_rtn(ctx.model, config, progress=_lib_progress(ctx)))
+    return _quantized(ctx, quantize_rtn(ctx.model, config, progress=ctx.progress))
 
 
 def run_gptq(ctx: PassContext, config: GPTQConfig) -> dict[str, Any]:
     ids = _calibration(ctx, config)
-    return _quantized(ctx, quantize_gptq(ctx.model, config, ids, progress=_lib_progress(ctx)))
+    return _quantized(ctx, quantize_gptq(ctx.model, config, ids, progress=ctx.progress))
 
 
 def run_omniquant(ctx: PassContext, config: OmniQuantConfig) -> dict[str, Any]:
     ids = _calibration(ctx, config)
     state = None if ctx.state_dir is None else str(ctx.state_dir)
-    return _quantized(ctx, quantize_omniquant(ctx.model, config, ids, work_dir=state, progress=_lib_progress(ctx)))
+    return _quantized(ctx, quantize_omniquant(ctx.model, config, ids, work_dir=state, progress=ctx.progress))
 
 
 def _omniquant_units(ctx: PassContext, config: OmniQuantConfig) -> int:
@@ -124,8 +112,7 @@ def _omniquant_units(ctx: PassContext, config: OmniQuantConfig) -> int:
 
 def run_prune(ctx: PassContext, config: PruneConfig) -> dict[str, Any]:
     shape, params = prune_plan(ctx.model, config), parameter_count(ctx.model)
-    record = prune(ctx.model, config, tokenizer=ctx.tokenizer, calib=ctx.data,
-                   progress=lambda message=None, n=1: ctx.progress(n, message))
+    record = prune(ctx.model, config, tokenizer=ctx.tokenizer, calib=ctx.data, progress=ctx.progress)
     return {**record, "shape": shape, "params_before": params}
 
 
@@ -136,15 +123,8 @@ def _check_distill(ctx: PassContext, config: DistillConfig) -> None:
 
 
 def run_distill(ctx: PassContext, config: DistillConfig) -> dict[str, Any]:
-    seen = [0]
-
-    def on_step(step: int, total: int, info: dict) -> None:
-        ctx.progress(step - seen[0], f"loss {info['loss']:.4f}, {info['tokens_per_s']:.0f} tok/s, seq "
-                                     f"{info['seqlen']}, lr {info['lr']:.2e}")
-        seen[0] = step
-
     result = distill(ctx.model, ctx.teacher, config, tokenizer=ctx.teacher_tokenizer or ctx.tokenizer, data=ctx.data,
-                     work_dir=ctx.state_dir, progress=on_step if ctx.reporting else None, **ctx.options)
+                     work_dir=ctx.state_dir, progress=ctx.progress if ctx.reporting else None, **ctx.options)
     return {**record_of(ctx.model).last("distill").summary, "result": result}
 
 
@@ -189,7 +169,7 @@ def apply(model: nn.Module, kind: str, config: Any = None, *, tokenizer: Any = N
     config = make_config(kind, config, **overrides)
     spec = REGISTRY.spec_for(kind, config)
     ctx = PassContext(model, tokenizer, data, None if work_dir is None else Path(work_dir), teacher,
-                      teacher_tokenizer, progress or _no_progress, options=dict(options or {}))
+                      teacher_tokenizer, progress or no_progress, options=dict(options or {}))
     if spec.needs_teacher and teacher is None:
         raise InputError(f"the {kind} pass learns from a teacher: apply(..., teacher=parent_model)")
     if spec.check is not None:
@@ -238,12 +218,11 @@ def quantize(
     GPTQ and OmniQuant calibrate on ``calib``: a ``[nsamples, seqlen]`` LongTensor of token ids, or a
     source spec (``"builtin"``, ``"file:PATH"``, ``"generated"``, ``"hf:NAME"``; default ``config.calib``)
     tokenized with ``tokenizer``. ``work_dir`` keeps per-block checkpoints so an interrupted OmniQuant run
-    resumes. ``progress(message, advance=1)`` is called per linear (RTN, GPTQ) or per block epoch
-    (OmniQuant).
+    resumes. ``progress(n, message)`` (compresskit.core.progress) is called per linear (RTN, GPTQ) or per
+    block epoch (OmniQuant).
     """
     config = make_config("quantize", config if config is not None else {"method": "rtn"}, **overrides)
-    report = (lambda n, message: progress(message, n)) if progress is not None else None
-    apply(model, "quantize", config, tokenizer=tokenizer, data=calib, work_dir=work_dir, progress=report)
+    apply(model, "quantize", config, tokenizer=tokenizer, data=calib, work_dir=work_dir, progress=progress)
     return record_of(model).manifest
 
 

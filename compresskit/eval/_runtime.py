@@ -11,8 +11,11 @@ from typing import Any
 
 import torch
 
-Progress = Callable[[int], None] | None
-"""Optional callback, called with the number of work units (windows, trials) just finished."""
+from ..core.progress import Progress as _Progress
+
+Progress = _Progress | None
+"""Optional callback (compresskit.core.progress), called with the number of work units (windows, trials)
+just finished."""
 
 
 @contextmanager

@@ -107,7 +107,7 @@ def collect_importance(model: nn.Module, spec: ArchSpec, ids: torch.Tensor, *, b
                 batch = ids[start:start + batch_size].to(device)
                 model(input_ids=batch, use_cache=False)
                 if progress is not None:
-                    progress(f"calibration sample {start + batch.shape[0]}/{ids.shape[0]}", batch.shape[0])
+                    progress(batch.shape[0], f"calibration sample {start + batch.shape[0]}/{ids.shape[0]}")
         model.train(was_training)
     finally:
         for h in handles:

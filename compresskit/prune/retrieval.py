@@ -136,7 +136,7 @@ def retrieval_scores(model: nn.Module, spec: ArchSpec, probes: Sequence[Retrieva
                 state["probe"] = probe
                 model(input_ids=probe.input_ids[None].to(device), use_cache=False)
                 if progress is not None:
-                    progress(f"retrieval probe {n}/{len(probes)}", 1)
+                    progress(1, f"retrieval probe {n}/{len(probes)}")
     finally:
         model.train(was_training)
         for h in handles:
@@ -182,7 +182,7 @@ def answer_loss_scores(model: nn.Module, spec: ArchSpec, probes: Sequence[Retrie
                 (grad,) = torch.autograd.grad(loss, gates)
                 total -= grad
                 if progress is not None:
-                    progress(f"retrieval probe {n}/{len(probes)}", 1)
+                    progress(1, f"retrieval probe {n}/{len(probes)}")
     finally:
         for h in handles:
             h.remove()

@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..core.progress import Progress
 from ..core.version import __version__
 from ..core.arch import ArchSpec, get_arch, get_module, set_module
 from ..core.config import ConfigError, QuantConfig
@@ -20,7 +21,6 @@ from ..kernels.attention import enable_qkv_quantization
 from ..kernels.convert import tie_int8_head
 from ..kernels.modules import Int8Embedding, Int8Linear, QuantLinear
 
-Progress = Callable[[str], None]
 
 
 @dataclass
@@ -110,7 +110,7 @@ def quantize_linears(
         packed = quantize_weight(plan.module.weight.detach(), plan.entry)
         install_linear(model, plan, packed)
         if progress:
-            progress(plan.name)
+            progress(1, plan.name)
     embeddings = quantize_embeddings(model, arch) if plan_embeddings(model, cfg, arch) else None
     return build_manifest(model, cfg, plans, skipped, embeddings)
 

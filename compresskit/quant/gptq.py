@@ -128,7 +128,7 @@ def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib_ids: torch.Tensor,
                 qlin = QuantLinear.from_packed(packed, bias, dense.weight.dtype, abits=entry.abits)
                 set_module(block, name, qlin.to(dense.weight.device))
                 if progress:
-                    progress(f"block {i + 1}/{len(blocks)} {name}")
+                    progress(1, f"block {i + 1}/{len(blocks)} {name}")
         stream, _ = run_block(block, stream, kwargs, cfg.batch_size)
     embeddings = quantize_embeddings(model, arch) if quantize_emb else None
     return build_manifest(model, cfg, plans, skipped, embeddings,

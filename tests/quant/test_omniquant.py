@@ -142,7 +142,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
     full = make_tiny_model("llama")
     compresskit.quantize(full, cfg, calib=_ids())
 
-    def interrupt(message, advance=1):
+    def interrupt(n, message=None):
         if message.startswith("block 2/2"):
             raise KeyboardInterrupt
 
@@ -153,7 +153,7 @@ def test_an_interrupted_run_resumes_to_the_same_result(tmp_path):
     messages = []
     resumed = make_tiny_model("llama")
     compresskit.quantize(resumed, cfg, calib=_ids(), work_dir=tmp_path / "state",
-                         progress=lambda m, advance=1: messages.append((m, advance)))
+                         progress=lambda n, m=None: messages.append((m, n)))
     assert messages[0] == ("block 1/2: resumed", cfg.epochs)
     a, b = _packed(full), _packed(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

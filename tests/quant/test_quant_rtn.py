@@ -42,7 +42,7 @@ def test_quantize_rtn_replaces_linears(tiny_model):
                  for n, m in arch.quantizable_linears(tiny_model).items()}
     calls = []
     cfg = QuantConfig(wbits=4, group_size=32)
-    manifest = quantize_rtn(tiny_model, cfg, progress=calls.append)
+    manifest = quantize_rtn(tiny_model, cfg, progress=lambda n, message: calls.append(message))
 
     assert list(manifest.linears) == EXPECTED_NAMES
     assert calls == EXPECTED_NAMES

@@ -17,13 +17,13 @@ import torch.nn as nn
 from ...core.arch import get_arch, get_module
 from .config import OmniQuantConfig
 from ...core.manifest import QuantManifest
+from ...core.progress import Progress
 from ..apply import build_manifest, enable_activation_quantization, plan_embeddings, plan_linears, quantize_embeddings
 from ..blockwise import block_entries, capture_block_inputs, run_block
 from .block import BlockQuantizer, BlockReport
 from .let import Geometry
 from .state import StateStore, tensor_fingerprint
 
-Progress = Callable[..., None]  # progress(message, advance=1)
 
 
 def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.Tensor, *,
@@ -56,18 +56,18 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
             state, report = saved
             report = {**report, "resumed": True}
             if progress:
-                progress(f"block {i + 1}/{len(blocks)}: resumed", cfg.epochs)
+                progress(cfg.epochs, f"block {i + 1}/{len(blocks)}: resumed")
         else:
             torch.manual_seed(cfg.seed + i)
             state = bq.init_state(stats if cfg.let else None)
 
             def log(epoch: int, loss: float, i=i) -> None:
                 if progress:
-                    progress(f"block {i + 1}/{len(blocks)} epoch {epoch} loss {loss:.3g}")
+                    progress(1, f"block {i + 1}/{len(blocks)} epoch {epoch} loss {loss:.3g}")
 
             state, rep = bq.train(state, q_stream, fp_stream, kwargs, log) if cfg.epochs else (state, BlockReport())
             if progress and rep.epochs < cfg.epochs:
-                progress(f"block {i + 1}/{len(blocks)}: fell back to RTN", cfg.epochs - rep.epochs)
+                progress(cfg.epochs - rep.epochs, f"block {i + 1}/{len(blocks)}: fell back to RTN")
             report = rep.to_dict()
             if store:
                 store.save(i, state, report)
