@@ -24,7 +24,8 @@ def apply(
     model: str = typer.Argument(..., help="embedded model name (smollm2-135m), local directory, or hub id"),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
     set_: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE",
-                                   help="a setting of the pass (VALUE read as YAML: 3, 3e-4, true, a list); repeatable"),
+                                   help="a setting of the pass (VALUE read as YAML: 3, 3e-4, true, a list); "
+                                        "repeatable"),
     teacher: Optional[str] = typer.Option(None, help="for a pass that learns from a teacher (default: MODEL)"),
     tasks: str = typer.Option("ppl,passkey", "--eval", help="evaluation tasks before and after (see compresskit eval)"),
     no_eval: bool = no_eval_option(),

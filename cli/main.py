@@ -80,7 +80,8 @@ def _finish(result: Any) -> None:
     """The gate line and the push, after the table."""
     comparison = result.comparison
     if comparison is not None and comparison.gate is not None:
-        console.print(f"gate: {escape(comparison.summary())}" + (" (saved with --force)" if not comparison.passed else ""))
+        forced = " (saved with --force)" if not comparison.passed else ""
+        console.print(f"gate: {escape(comparison.summary())}{forced}")
     if result.push is not None:
         print_push(result.push)
 

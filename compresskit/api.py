@@ -19,8 +19,8 @@ from .api_distill import (  # noqa: F401
 )
 from .api_eval import compare, eval_settings, eval_units, evaluate, load_report, write_eval_report  # noqa: F401
 from .api_models import (  # noqa: F401
-    USER_ERRORS, calibration_ids, check_output, checkpoint_bytes, copy_model, heldout_text, info, kernel_backends, load_model,
-    manifest_of, record, save, set_kernel_backend, write_report,
+    USER_ERRORS, calibration_ids, check_output, checkpoint_bytes, copy_model, heldout_text, info, kernel_backends,
+    load_model, manifest_of, record, save, set_kernel_backend, write_report,
 )
 from .api_passes import (  # noqa: F401
     PassContext, apply, config_from_options, count_quantizable, make_config, pass_units, progress_units, quantize,

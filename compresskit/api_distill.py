@@ -24,7 +24,8 @@ from .core.errors import ConfigError, InputError
 from .core.progress import Progress
 from .core.record import PassResult, record_of
 from .distill import (
-    DistillConfig, DistillResult, apply_lora, has_checkpoint, merge_lora, part_parameters, require_peft, run_distillation,
+    DistillConfig, DistillResult, apply_lora, has_checkpoint, merge_lora, part_parameters, require_peft,
+    run_distillation,
 )
 from .kernels.modules import QuantLinear
 
@@ -84,7 +85,8 @@ def sampler(tokenizer: Any, data: Any, *, seed: int, model: nn.Module | None = N
     return mixed
 
 
-def _plain_sampler(tokenizer: Any, data: Any, *, seed: int, model: nn.Module | None) -> Callable[[int, int, int], torch.Tensor]:
+def _plain_sampler(tokenizer: Any, data: Any, *, seed: int,
+                   model: nn.Module | None) -> Callable[[int, int, int], torch.Tensor]:
     from .calib import build_samples, parse_source, sample_windows  # loaded when data is first needed
 
     if callable(data):
@@ -209,7 +211,8 @@ def _step_progress(progress: Progress) -> Callable[[int, int, dict], None]:
     seen = [0]
 
     def on_step(step: int, total: int, info: dict) -> None:
-        progress(step - seen[0], f"step {step}/{total}: loss {info['loss']:.4f}, kl {info.get('kl', float('nan')):.4f}, "
+        kl = info.get("kl", float("nan"))
+        progress(step - seen[0], f"step {step}/{total}: loss {info['loss']:.4f}, kl {kl:.4f}, "
                                  f"{info['tokens_per_s']:.0f} tok/s, seq {info['seqlen']}, lr {info['lr']:.2e}")
         seen[0] = step
 

@@ -129,19 +129,19 @@ def run_distill(ctx: PassContext, config: DistillConfig) -> dict[str, Any]:
 
 
 register(PassSpec("quantize", "rtn", QuantConfig, run_rtn, units=lambda ctx, c: count_quantizable(ctx.model, c),
-                  check=_check_quantize, verb="quantizing",
+                  check=_check_quantize, verb="quantizing", done="quantized",
                   description="round to nearest, per group or channel"))
 register(PassSpec("quantize", "gptq", GPTQConfig, run_gptq, units=lambda ctx, c: count_quantizable(ctx.model, c),
-                  check=_check_quantize, verb="quantizing",
+                  check=_check_quantize, verb="quantizing", done="quantized",
                   description="GPTQ: second-order error compensation on calibration data"))
 register(PassSpec("quantize", "omniquant", OmniQuantConfig, run_omniquant, units=_omniquant_units,
-                  check=_check_quantize, resumable=True, verb="quantizing",
+                  check=_check_quantize, resumable=True, verb="quantizing", done="quantized",
                   description="OmniQuant: learnable clipping and equivalent transformation, block by block"))
 register(PassSpec("prune", "prune", PruneConfig, run_prune, units=lambda ctx, c: prune_units(ctx.model, c),
-                  check=lambda ctx, c: prune_plan(ctx.model, c), verb="pruning",
+                  check=lambda ctx, c: prune_plan(ctx.model, c), verb="pruning", done="pruned",
                   description="structured pruning of MLP channels, attention heads and layers"))
 register(PassSpec("distill", "distill", DistillConfig, run_distill, units=lambda ctx, c: c.steps,
-                  check=_check_distill, resumable=True, needs_teacher=True, verb="distilling",
+                  check=_check_distill, resumable=True, needs_teacher=True, verb="distilling", done="distilled",
                   key_neutral=tuple(RESUME_NEUTRAL),
                   description="distillation from the parent model (forward KL on logits)"))
 

@@ -243,12 +243,17 @@ class Runner:
                 ev = Evaluation(self._evaluate(s, *self._other(s, baseline), "teacher"),
                                 start=self._evaluate(s, *self._other(s, original), "student"))
         if ev.child is None:
-            ev.child = self._evaluate(s, model, tok, "compressed")
+            ev.child = self._evaluate(s, model, tok, self._done_label(s))
         self._evaluations[s.key] = ev
         if not self.in_memory:
             write_json_atomic(s.path, {"parent": ev.parent.to_dict(), "compressed": ev.child.to_dict(),
                                        "model": s.model, "settings": s.step.config.to_dict(),
                                        **({"start": ev.start.to_dict()} if ev.start is not None else {})})
+
+    def _done_label(self, s: Stage) -> str:
+        """What the model an eval stage scores is called: after the last pass before it (``quantized``)."""
+        passes = [t for t in self.plan.stages if t.position < s.position and REGISTRY.has(t.kind)]
+        return REGISTRY.spec_for(passes[-1].kind, passes[-1].step.config).done if passes else "compressed"
 
     def _gate(self, s: Stage) -> None:
         """The eval stage's verdict under its gate; a failure stops the run unless forced."""

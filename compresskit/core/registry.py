@@ -36,7 +36,8 @@ class PassSpec:
     - ``changes_weights``: False for a pass that only attaches runtime behaviour (a KV-cache policy).
     - ``resumable``: the pass keeps its progress in ``ctx.state_dir``, and a rerun resumes from it.
     - ``needs_teacher``: the pass reads ``ctx.teacher`` (distillation).
-    - ``verb``: what the progress bar says while it runs (``quantizing``).
+    - ``verb``: what the progress bar says while it runs (``quantizing``); ``done``: what the model is
+      called after it (``quantized``: "evaluating quantized").
     - ``key_neutral``: config fields that do not change the result (notes, resume cadence): a recipe
       rerun with only these changed reuses the pass's result.
     """
@@ -51,6 +52,7 @@ class PassSpec:
     resumable: bool = False
     needs_teacher: bool = False
     verb: str = "running"
+    done: str = "compressed"
     key_neutral: tuple[str, ...] = ("extra",)
     description: str = ""
 

@@ -21,6 +21,6 @@ from .schema import (
     TOP_FIELDS, Recipe, apply_overrides, load_recipe, parse_overrides, parse_recipe, recipe_file, shipped_recipes,
 )
 
-__all__ = ["RECIPE_VERSION", "STEPS", "model_passes", "pass_names", "TOP_FIELDS", "EvalPass", "Pass", "PushPass", "Recipe",
-           "RecipeError", "SavePass", "apply_overrides", "check_settings", "load_recipe", "parse_overrides",
+__all__ = ["RECIPE_VERSION", "STEPS", "model_passes", "pass_names", "TOP_FIELDS", "EvalPass", "Pass", "PushPass",
+           "Recipe", "RecipeError", "SavePass", "apply_overrides", "check_settings", "load_recipe", "parse_overrides",
            "parse_recipe", "recipe_file", "shipped_recipes", "yaml_value"]

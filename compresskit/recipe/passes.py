@@ -1,6 +1,6 @@
 """The passes of a recipe and their settings: `EvalPass`, `SavePass` and `PushPass` (the runner's own steps;
-every other pass is a registered one, compresskit.core.registry, and uses its config class as it is), `Pass` (one entry of a recipe)
-and `check_settings`, which finds every problem of a pass's settings through its config class.
+every other pass is a registered one, compresskit.core.registry, and uses its config class as it is),
+`Pass` (one entry of a recipe) and `check_settings`, which finds every problem of a pass's settings through its config class.
 """
 from __future__ import annotations
 
