@@ -56,6 +56,12 @@ def samples_option() -> Any:
     return typer.Option(5, help="prompts per RULER task and length")
 
 
+def kv_option() -> Any:
+    return typer.Option(None, "--kv", metavar="POLICY", help="save a KV-cache policy with the model (snapkv:0.5, "
+                        "streaming:0.75, kivi:4, snapkv:0.5+kivi:4; docs/kvcache.md): it is evaluated and gated "
+                        "generating under it, against the parent's full cache, and compresskit.load_model applies it")
+
+
 PUSH_TO_HUB_HELP = "after saving, push the result to this hub model repo (NAME or NAMESPACE/NAME) in one commit"
 PRIVATE_HELP = "with --push-to-hub / push: create the repo private"
 TOKEN_HELP = "hub token with write access (default: HF_TOKEN or the stored `hf auth login`)"

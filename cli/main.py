@@ -19,7 +19,7 @@ from . import apply as apply_cmd  # apply: any registered pass
 from . import publish  # export, push
 from . import recipe  # run: recipes
 from .common import (
-    csv, force_option, no_eval_option, passkey_trials_option, ppl_windows_option, print_push, private_option,
+    csv, force_option, kv_option, no_eval_option, passkey_trials_option, ppl_windows_option, print_push, private_option,
     push_to_hub_option, run_user, samples_option, token_option,
 )
 from .render import (
@@ -37,11 +37,12 @@ PRUNE_TASKS = "ppl,passkey,niah_single_1"
 
 
 def _eval_settings(tasks: str, lengths: str, ppl_windows: int, passkey_trials: int, samples: int, seed: int,
-                   longbench: Optional[Path], longbench_limit: Optional[int], cache: bool) -> Any:
+                   longbench: Optional[Path], longbench_limit: Optional[int], cache: bool,
+                   kv: Optional[str] = None) -> Any:
     return api.eval_settings(tasks=csv(tasks), lengths=csv(lengths, int), ppl_windows=ppl_windows,
                              passkey_trials=passkey_trials, samples=samples, seed=seed,
                              longbench_path=None if longbench is None else str(longbench),
-                             longbench_limit=longbench_limit, cache=cache)
+                             longbench_limit=longbench_limit, cache=cache, kv=kv)
 
 
 def _evaluate(model: Any, tokenizer: Any, label: str, settings: Any):
@@ -126,6 +127,7 @@ def quantize(
     let_alpha: Optional[float] = typer.Option(None, help="omniquant: LET init strength (default 0.5; 0.75 for W4A4)"),
     work_dir: Optional[Path] = typer.Option(None, help="omniquant: per-block state for resuming (default OUTPUT.omniquant-state)"),
     keep_state: bool = typer.Option(False, "--keep-state", help="omniquant: keep the work dir after saving"),
+    kv: Optional[str] = kv_option(),
     push_to_hub: Optional[str] = push_to_hub_option(),
     private: bool = private_option(),
     token: Optional[str] = token_option(),
@@ -151,7 +153,7 @@ def quantize(
         result = _run_pass(model, output, "quantize", config, evaluation=_evaluation(no_eval, settings, max_drop,
                                                                                      max_ppl_increase),
                            push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
-                           state_dir=work_dir, keep_state=keep_state)
+                           state_dir=work_dir, keep_state=keep_state, kv=kv)
     except api.GateFailedError as e:
         title = f"{model} -> {output} ({config.name}, quantized in {e.result.pass_seconds.get(1, 0.0):.1f}s)"
         _gate_failed(e, comparison_table(title, before_bytes, None, e.evaluation.before, e.evaluation.child))
@@ -195,6 +197,7 @@ def prune(
     passkey_trials: int = passkey_trials_option(),
     samples: int = samples_option(),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the parent's scores computed before"),
+    kv: Optional[str] = kv_option(),
     push_to_hub: Optional[str] = push_to_hub_option(),
     private: bool = private_option(),
     token: Optional[str] = token_option(),
@@ -215,7 +218,7 @@ def prune(
         result = _run_pass(model, output, "prune", config, evaluation=_evaluation(no_eval, settings, max_drop,
                                                                                   max_ppl_increase),
                            push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
-                           record_ungated=False)
+                           record_ungated=False, kv=kv)
     except api.GateFailedError as e:
         _gate_failed(e, comparison_table(f"{model} -> {output} ({config.name})", before_bytes, None,
                                          e.evaluation.before, e.evaluation.child))
@@ -289,6 +292,7 @@ def distill(
     passkey_trials: int = passkey_trials_option(),
     samples: int = samples_option(),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the teacher's scores computed before"),
+    kv: Optional[str] = kv_option(),
     push_to_hub: Optional[str] = push_to_hub_option(),
     private: bool = private_option(),
     token: Optional[str] = token_option(),
@@ -319,7 +323,7 @@ def distill(
     try:
         result = _run_pass(student, output, "distill", config, teacher=teacher, evaluation=evaluation,
                            push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
-                           state_dir=state, keep_state=keep_state, main_process=main)
+                           state_dir=state, keep_state=keep_state, main_process=main, kv=kv)
     except api.GateFailedError as e:
         summary = e.result.results[1]
         _gate_failed(e, distill_table(_distill_title(student, teacher, output, config, summary), e.evaluation.parent,
@@ -360,28 +364,33 @@ def eval_cmd(
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse scores computed before for the same weights"),
     seed: int = typer.Option(0, help="random seed"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON here"),
+    kv: Optional[str] = typer.Option(None, "--kv", metavar="POLICY", help="generate under a KV-cache policy: "
+                                     "snapkv:0.5, streaming:0.75, tova:0.5, knorm:0.5, random:0.5 (RATIO: share of "
+                                     "the prompt's cache dropped), kivi:4 / kivi:2 (quantized cache), or both: "
+                                     "snapkv:0.5+kivi:4; a --baseline keeps the full cache"),
 ) -> None:
     """Evaluate a model at several lengths (perplexity, passkey, RULER tasks, LongBench), optionally
     against a baseline."""
     settings = run_user(lambda: _eval_settings(tasks, lengths, ppl_windows, passkey_trials, samples, seed, longbench,
-                                               longbench_limit, cache))
+                                               longbench_limit, cache, kv))
     base = None
     if baseline is not None and Path(baseline).suffix == ".json" and Path(baseline).is_file():
         base = run_user(lambda: api.load_report(baseline))
     elif baseline is not None:
         with status(f"loading {baseline}"):
             bm, btok = run_user(lambda: api.load_model(baseline))
-        base = run_user(lambda: _evaluate(bm, btok, baseline, settings))
+        base = run_user(lambda: _evaluate(bm, btok, baseline, api.eval_settings(settings, kv=None)))
         del bm
     with status(f"loading {path}"):
         m, tok = run_user(lambda: api.load_model(path))
     report = run_user(lambda: _evaluate(m, tok, path, settings))
+    kv_note = f" with KV cache {settings.kv}" if settings.kv else ""
     comparison = None
     if base is not None:
         comparison = run_user(lambda: api.compare(base, report, max_drop=max_drop, max_ppl_increase=max_ppl_increase))
-        console.print(gate_table(f"{path} vs {baseline} ({report.seconds:.0f}s)", comparison))
+        console.print(gate_table(f"{path}{kv_note} vs {baseline} ({report.seconds:.0f}s)", comparison))
     else:
-        console.print(report_table(f"{path} ({report.seconds:.0f}s)", report))
+        console.print(report_table(f"{path}{kv_note} ({report.seconds:.0f}s)", report))
     if json_out is not None:
         api.write_report(json_out, report)
     if output_dir is not None:

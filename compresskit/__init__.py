@@ -15,7 +15,9 @@ from .api import (  # noqa: E402
     EvalSettings,
     PassSpec,
     apply,
+    attach_kv,
     compare,
+    compress_kv,
     copy_model,
     evaluate,
     export_model,
@@ -45,7 +47,7 @@ from .quant.gptq import GPTQConfig  # noqa: E402
 from .quant.omniquant import OmniQuantConfig  # noqa: E402
 
 __all__ = ["CompresskitError", "DistillConfig", "EvalSettings", "GPTQConfig", "OmniQuantConfig", "PassSpec",
-           "PruneConfig", "QuantConfig", "apply", "compare", "copy_model", "distill_model", "evaluate",
+           "PruneConfig", "QuantConfig", "apply", "attach_kv", "compare", "compress_kv", "copy_model", "distill_model", "evaluate",
            "export_model", "info", "kernel_backends", "load_model", "plan_recipe", "prune_model", "push",
            "quantize", "record", "register", "run_pass", "run_recipe", "save", "set_kernel_backend", "write_card",
            "write_eval_report", "__version__"]

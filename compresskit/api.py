@@ -37,4 +37,5 @@ from .core.errors import CompresskitError  # noqa: F401
 from .core.record import ModelRecord, record_of  # noqa: F401
 from .core.registry import REGISTRY, PassSpec, register  # noqa: F401
 from .eval.settings import EvalSettings  # noqa: F401
+from .kvcache import KVPolicy, attach_kv, attached_policy, cache_bytes, compress_kv, evicting_cache  # noqa: F401
 from .prune import PruneConfig  # noqa: F401

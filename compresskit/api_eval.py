@@ -17,6 +17,7 @@ from .eval import compare as _compare
 from .eval import evaluate as _evaluate
 from .eval.settings import EvalSettings
 from .kernels.modules import dequantized_cache
+from .kvcache import KVPolicy, attached_policy, compress_kv
 from .models.embedded import cache_root
 
 
@@ -25,7 +26,10 @@ def eval_settings(settings: EvalSettings | dict | None = None, **overrides: Any)
     default tasks)."""
     if overrides.get("tasks", ...) is None:
         overrides.pop("tasks")
-    return EvalSettings.build(settings, **overrides)
+    s = EvalSettings.build(settings, **overrides)
+    if s.kv is not None:
+        KVPolicy.parse(s.kv)  # a bad policy fails here, before any work
+    return s
 
 
 def eval_units(tokenizer: Any, settings: EvalSettings, text: str | None = None) -> int:
@@ -54,7 +58,8 @@ def evaluate(
     ``tasks`` (default ``compresskit.eval.DEFAULT_TASKS``: ppl, passkey, two needle tasks, variable
     tracking, common words; see ``compresskit.eval.TASKS`` and ``longbench:<dataset>``, which needs
     ``longbench_path``), ``lengths`` (default 1024), ``ppl_windows``, ``passkey_trials``, ``samples``,
-    ``seed``, ``longbench_limit`` and ``cache``. Perplexity (and the essay haystack of RULER tasks)
+    ``seed``, ``longbench_limit``, ``cache`` and ``kv`` (a KV-cache policy such as ``"snapkv:0.5"``: every
+    generation runs under `compress_kv`). Perplexity (and the essay haystack of RULER tasks)
     uses the shipped held-out text unless ``text`` is given. ``cache`` (True: ``$COMPRESSKIT_EVAL_CACHE``,
     else ``$COMPRESSKIT_CACHE/eval``; or a directory; False: off) reuses rows computed before for the same
     weights and settings, so a parent model is scored once. ``cache_dequantized`` (default: on CPU)
@@ -63,13 +68,17 @@ def evaluate(
     """
     s = eval_settings(settings, **overrides)
     text = heldout_text() if text is None else text
+    policy = KVPolicy.parse(s.kv) if s.kv is not None else attached_policy(model)  # what generation will use
     row_cache = None
     if s.cache:
         default = os.environ.get("COMPRESSKIT_EVAL_CACHE") or cache_root() / "eval"
         row_cache = RowCache.for_model(Path(default if s.cache is True else s.cache), model, tokenizer)
+        if policy is not None:  # rows under a KV policy are not the full cache's
+            row_cache = RowCache(row_cache.directory, f"{row_cache.model_key}|kv={policy.to_json()}")
     if cache_dequantized is None:
         cache_dequantized = next(model.parameters()).device.type == "cpu"
-    with dequantized_cache(model) if cache_dequantized else nullcontext():
+    with dequantized_cache(model) if cache_dequantized else nullcontext(), \
+            compress_kv(model, policy) if s.kv is not None else nullcontext():
         return _evaluate(model, tokenizer, tasks=s.tasks, lengths=s.lengths, text=text, ppl_windows=s.ppl_windows,
                          passkey_trials=s.passkey_trials, samples=s.samples, seed=s.seed,
                          longbench_path=s.longbench_path, longbench_limit=s.longbench_limit, cache=row_cache,

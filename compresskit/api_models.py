@@ -22,6 +22,7 @@ from .core.record import Evaluation, ModelRecord, record_of, set_record
 from .export import save_native
 from .kernels.backends import table as _backend_table
 from .kernels.modules import set_kernel_backend as _set_backend
+from .kvcache import attach_kv
 from .models import DEFAULT_MODEL, load_pretrained, resolve_model
 
 # Errors caused by the user's input: front ends report them as one line, not a traceback. Anything else
@@ -43,11 +44,15 @@ def load_model(
 
     Quantized compresskit checkpoints load too (their packed modules are rebuilt). ``verify``
     checks the files against the manifest's sha256 sums. ``backend`` picks the kernel of quantized
-    layers (see `set_kernel_backend`).
+    layers (see `set_kernel_backend`). A checkpoint saved with a KV-cache policy generates under it
+    (`compresskit.attach_kv(model, None)` goes back to the full cache).
     """
     model, tokenizer = load_pretrained(name_or_path, dtype=dtype, device=device, verify=verify)
     if backend != "auto":
         set_kernel_backend(model, backend)
+    kv = record_of(model).last("kv")
+    if kv is not None:  # the checkpoint's KV-cache policy: generation compresses its cache as it was evaluated
+        attach_kv(model, kv.config)
     return model, tokenizer
 
 

@@ -38,6 +38,7 @@ from .core.record import PassResult, record_of
 from .core.registry import REGISTRY, PassSpec, register
 from .distill import DistillConfig
 from .distill.config import RESUME_NEUTRAL
+from .kvcache import KVPolicy, attach_kv, check_model
 from .prune import PruneConfig
 from .quant import plan_linears, quantize_rtn
 from .quant.gptq import GPTQConfig, quantize_gptq
@@ -144,6 +145,21 @@ register(PassSpec("distill", "distill", DistillConfig, run_distill, units=lambda
                   check=_check_distill, resumable=True, needs_teacher=True, verb="distilling", done="distilled",
                   key_neutral=tuple(RESUME_NEUTRAL),
                   description="distillation from the parent model (forward KL on logits)"))
+
+
+# --- the KV-cache policy: no weight changes, generation compresses its cache ------------------------------
+
+def run_kv(ctx: PassContext, config: KVPolicy) -> dict[str, Any]:
+    attach_kv(ctx.model, config)
+    summary = {"name": config.name, "policy": config.to_dict()}
+    record_of(ctx.model).passes.append(PassResult("kv", config.name, config.to_dict(), summary))
+    ctx.progress(1, config.name)
+    return summary
+
+
+register(PassSpec("kv", "kv", KVPolicy, run_kv, check=lambda ctx, c: check_model(ctx.model), changes_weights=False,
+                  verb="setting the KV cache", done="compressed (with its KV policy)",
+                  description="a KV-cache policy: eviction at prefill and/or a quantized cache (docs/kvcache.md)"))
 
 
 # --- running one pass in memory -------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .api_recipe_plan import MARKER, RecipePlan, plan_recipe
 from .core.registry import REGISTRY
+from .kvcache import KVPolicy
 from .recipe import Recipe, RecipeError, shipped_recipes  # noqa: F401  (the API surface)
 from .runner import GateFailedError, RecipeEvent, RecipeResult, Runner, recipe_yaml  # noqa: F401  (the API surface)
 
@@ -82,13 +83,16 @@ def run_recipe(recipe: str | os.PathLike | Recipe | Mapping[str, Any] | RecipePl
 
 def one_pass_recipe(model: str, output: str | os.PathLike, kind: str, config: Any, *,
                     evaluation: Mapping[str, Any] | None = None, push: Mapping[str, Any] | None = None,
-                    teacher: str | None = None, name: str | None = None) -> dict[str, Any]:
-    """The recipe of one pass: ``kind`` with ``config`` (a config object or its fields), then an eval pass
+                    teacher: str | None = None, name: str | None = None, kv: Any = None) -> dict[str, Any]:
+    """The recipe of one pass: ``kind`` with ``config`` (a config object or its fields), then a KV-cache
+    policy ``kv`` (a spec such as ``"snapkv:0.5"``, saved with the model; None: the full cache), an eval pass
     with ``evaluation`` (`EvalPass` fields: settings, gate, baseline; None: no evaluation), save, and a
     push with ``push`` (`PushPass` fields; None: no push)."""
     settings = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     settings = {k: v for k, v in settings.items() if k != "version"} | ({"teacher": teacher} if teacher else {})
     passes: list[dict[str, Any]] = [{kind: settings}]
+    if kv is not None:
+        passes.append({"kv": {k: v for k, v in KVPolicy.parse(kv).to_dict().items() if k != "version"}})
     if evaluation is not None:
         passes.append({"eval": dict(evaluation)})
     passes.append({"save": {"keep_work_dir": False}})
@@ -102,15 +106,16 @@ def run_pass(model: str, output: str | os.PathLike, kind: str, config: Any, *,
              teacher: str | None = None, overwrite: bool = False, force: bool = False, token: str | None = None,
              state_dir: str | os.PathLike | None = None, keep_state: bool = False, data: Any = None,
              main_process: bool = True, record_ungated: bool = True, options: Mapping[str, Any] | None = None,
-             title: str = "",
+             title: str = "", kv: Any = None,
              progress: Callable[[RecipeEvent], None] | None = None) -> RecipeResult:
     """Load ``model``, run the registered pass ``kind`` with ``config`` on it in memory, evaluate it against
     its parent (``evaluation``: `EvalPass` fields, or None), stop if the gate fails (`GateFailedError`,
     unless ``force``), save it to ``output`` (with the evaluation report and card) and push it (``push``:
-    `PushPass` fields). This is `run_recipe` of `one_pass_recipe`, with no stage results kept: what
+    `PushPass` fields). ``kv`` adds a KV-cache policy after the pass: the model is evaluated (and the gate
+    judges it) generating under it, and it is saved with the model. This is `run_recipe` of `one_pass_recipe`, with no stage results kept: what
     ``compresskit quantize / prune / distill`` do. A resumable pass keeps its state in ``state_dir``
     (default ``OUTPUT.METHOD-state``; removed after success unless ``keep_state``)."""
-    recipe = one_pass_recipe(model, output, kind, config, evaluation=evaluation, push=push, teacher=teacher)
+    recipe = one_pass_recipe(model, output, kind, config, evaluation=evaluation, push=push, teacher=teacher, kv=kv)
     plan = plan_recipe(recipe, overwrite=overwrite, in_memory=True, record_recipe=False, title=title)
     runner = Runner(plan, progress if progress is not None else (lambda event: None), force, token, data=data,
                     state_dir=None if state_dir is None else Path(state_dir), keep_state=keep_state,

@@ -26,6 +26,7 @@ from .core.version import __version__
 from .eval import RULER_TASKS
 from .eval.passkey import passkey_min_length
 from .eval.ruler import ruler_min_length
+from .kvcache import KVPolicy
 from .models import resolve_model
 from .models.loading import read_config
 from .prune import plan
@@ -186,6 +187,11 @@ def prompt_problems(recipe: Recipe, tokenizer: Any, context: int | None) -> list
     for p in recipe.passes:
         if p.config is None:
             continue
+        if p.kind == "eval" and p.config.kv is not None:
+            try:
+                KVPolicy.parse(p.config.kv)
+            except ConfigError as e:
+                out.append(f"{p.label}, field kv: {e}")
         if p.kind == "prune" and p.config.needs_retrieval:
             length = min(p.config.retrieval_length, (context or p.config.retrieval_length) - 8)
             need = passkey_min_length(tokenizer)

@@ -29,6 +29,7 @@ from .core.record import Source, record_of
 from .core.registry import REGISTRY
 from .core.version import __version__
 from .eval import EvalReport
+from .eval.settings import EvalSettings
 from .models import resolve_model
 
 
@@ -205,8 +206,12 @@ class Runner:
             shutil.rmtree(state, ignore_errors=True)
 
     # --- evaluation -------------------------------------------------------------------------------------
-    def _evaluate(self, s: Stage, model: Any, tok: Any, label: str) -> EvalReport:
+    def _evaluate(self, s: Stage, model: Any, tok: Any, label: str, parent: bool = True) -> EvalReport:
+        """Score ``model`` with the eval stage's settings; a parent (``parent``) keeps the full KV cache, the
+        stage's model runs under the stage's KV policy, if any."""
         settings = s.step.config.settings
+        if parent and settings.kv is not None:
+            settings = EvalSettings(**{**settings.__dict__, "kv": None})
         text = heldout_text()
         self.emit(RecipeEvent("phase", s, n=eval_units(tok, settings, text), label=f"evaluating {label}"))
         return evaluate(model, tok, settings, text=text, progress=lambda n: self.emit(RecipeEvent("advance", s, n=n)))
@@ -230,20 +235,22 @@ class Runner:
         original, baseline = self.plan.recipe.model, s.step.config.baseline
         ev = self._evaluations.get(s.key)
         model, tok = self._model_at(s)
-        count = 1 if ev is None and s.model == original and baseline is None else 1 + (
+        alone = ev is None and s.model == original and baseline is None and s.step.config.kv is None
+        count = 1 if alone else 1 + (
             0 if ev is not None else 1 if baseline is None else 2)
         self.emit(RecipeEvent("start", s, n=count * eval_units(tok, s.step.config.settings)))
         if ev is None:
             if s.model == original and baseline is None:  # nothing ran before: the original is the child
                 ev = Evaluation(self._evaluate(s, model, tok, "original"))
-                ev.child = ev.parent
+                ev.child = ev.parent if s.step.config.kv is None else self._evaluate(s, model, tok, "original",
+                                                                                     parent=False)
             elif baseline is None:
                 ev = Evaluation(self._evaluate(s, *self._other(s, original), "original"))
             else:
                 ev = Evaluation(self._evaluate(s, *self._other(s, baseline), "teacher"),
                                 start=self._evaluate(s, *self._other(s, original), "student"))
         if ev.child is None:
-            ev.child = self._evaluate(s, model, tok, self._done_label(s))
+            ev.child = self._evaluate(s, model, tok, self._done_label(s), parent=False)
         self._evaluations[s.key] = ev
         if not self.in_memory:
             write_json_atomic(s.path, {"parent": ev.parent.to_dict(), "compressed": ev.child.to_dict(),

@@ -22,6 +22,7 @@ ALLOWED = {
     "integrations": {"core", "kernels"},
     "prune": {"core"},
     "distill": {"core"},
+    "kvcache": {"core"},
     "recipe": {"core", "eval"},  # the registry (core) gives the passes' config classes; eval its settings
     "cli": {"api", "__init__"},
 }

@@ -10,6 +10,7 @@ In memory the record is held in one place, keyed by the model (`record_of`), nev
 - ``compresskit_pruning`` / ``compresskit_distillation``: each pass's summary (with the evaluation's scores
   when the model is not quantized), and ``pruning.json`` / ``distillation.json`` beside it with the rest
   (kept indices, the loss history);
+- ``compresskit_kv``: the KV-cache policy generation uses (``compresskit.load_model`` applies it);
 - ``compresskit_recipe``: the recipe run that made it.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .manifest import QUANT_METHOD, QuantManifest
 SAVED_KEYS = {"prune": ("compresskit_pruning", "pruning.json"),
               "distill": ("compresskit_distillation", "distillation.json")}
 ROLES = ("teacher", "before", "after")
+KV_KEY = "compresskit_kv"  # config.json: the KV-cache policy compresskit.load_model applies
 
 
 @dataclass
@@ -125,6 +127,9 @@ class ModelRecord:
             if p is not None:
                 scores = self.evaluation.scores() if self.evaluation is not None and self.manifest is None else None
                 out[key] = {**p.summary, **({"evaluation": scores} if scores is not None else {})}
+        kv = self.last("kv")
+        if kv is not None:
+            out[KV_KEY] = kv.summary
         if self.recipe is not None:
             out["compresskit_recipe"] = self.recipe
         return out
@@ -155,6 +160,9 @@ class ModelRecord:
             record.passes.append(PassResult("quantize", manifest.recipe.name, manifest.recipe.to_dict(),
                                             {"quantized_linears": len(manifest.linears)}, manifest))
             record.evaluation = Evaluation.of(manifest.evaluation) or record.evaluation
+        kv = config.get(KV_KEY)
+        if kv:
+            record.passes.append(PassResult("kv", str(kv.get("name", "kv")), kv.get("policy") or {}, dict(kv)))
         record.recipe = config.get("compresskit_recipe")
         return record
 

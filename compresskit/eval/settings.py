@@ -23,6 +23,8 @@ class EvalSettings(JsonConfig):
       ``samples``: prompts per RULER task and length; ``seed``.
     - ``longbench_path`` / ``longbench_limit``: LongBench jsonl directory and the first N records.
     - ``cache``: reuse rows scored before for the same weights and settings (True, False or a directory).
+    - ``kv``: a KV-cache policy the model generates under (``snapkv:0.5``; compresskit.kvcache), or None
+      for the full cache. Rows scored under a policy are cached apart from full-cache rows.
     """
 
     tasks: tuple[str, ...] = DEFAULT_TASKS
@@ -34,6 +36,7 @@ class EvalSettings(JsonConfig):
     longbench_path: str | None = None
     longbench_limit: int | None = None
     cache: Any = True
+    kv: str | None = None
 
     def __post_init__(self) -> None:
         try:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.record import ModelRecord
+from ..core.record import KV_KEY, ModelRecord
 from ..core.version import __version__
 
 CARD_VERSION = 1
@@ -187,7 +187,7 @@ def _describe(config: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
 
 
 def _recipe_line(recipe: dict[str, Any] | None, pruning: dict[str, Any] | None,
-                 distill: dict[str, Any] | None = None) -> str:
+                 distill: dict[str, Any] | None = None, kv: dict[str, Any] | None = None) -> str:
     parts = []
     if pruning:
         plan, r = pruning.get("plan") or {}, pruning.get("recipe") or {}
@@ -204,6 +204,9 @@ def _recipe_line(recipe: dict[str, Any] | None, pruning: dict[str, Any] | None,
     if distill:
         parts.append(f"distilled from `{distill.get('teacher')}` ({distill.get('steps')} steps, "
                      f"{distill.get('tokens')} tokens)")
+    if kv:
+        parts.append(f"generating with the KV-cache policy `{kv.get('name')}` (`compresskit.load_model` applies it; "
+                     "loaders without compresskit use a full cache)")
     return "; ".join(parts) or "saved by compresskit without compression"
 
 
@@ -272,7 +275,7 @@ def build_card(directory: str | os.PathLike, *, name: str | None = None, parent:
     src = parent.source or parent.base_model
     licence = (f"{parent.license} (carried from the parent)" if parent.license
                else "not recorded by the parent: check its terms before publishing")
-    lines = [f"# {name}", "", f"{f'`{src}`' if src else 'A model'} {_recipe_line(recipe, pruning, distill)}, with compresskit "
+    lines = [f"# {name}", "", f"{f'`{src}`' if src else 'A model'} {_recipe_line(recipe, pruning, distill, config.get(KV_KEY))}, with compresskit "
              f"{__version__}.", "",
              "## Model", "", "| | |", "|---|---|"]
     if parent.base_model:
