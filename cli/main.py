@@ -223,7 +223,7 @@ def prune(
         _gate_failed(e, comparison_table(f"{model} -> {output} ({config.name})", before_bytes, None,
                                          e.evaluation.before, e.evaluation.child))
     record, ev = result.results[1], result.evaluation
-    shape = record["shape"]
+    shape = record["plan"]
     title = (f"{model} -> {output} ({config.name}: {shape['keep_layers']} layers, {shape['keep_heads']} heads / "
              f"{shape['keep_groups']} KV, MLP {shape['keep_intermediate']}; pruned in {result.pass_seconds[1]:.1f}s)")
     console.print(comparison_table(title, before_bytes, api.checkpoint_bytes(output), ev and ev.before, ev and ev.child,

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from .api_distill import check_distill, check_distill_dependencies, distill
 from .api_models import calibration_ids
-from .api_prune import parameter_count, prune, prune_plan, prune_units
+from .api_prune import prune, prune_plan, prune_units
 from .core.arch import get_arch
 from .core.config import CalibratedConfig, QuantConfig
 from .core.errors import ConfigError, InputError
@@ -112,9 +112,7 @@ def _omniquant_units(ctx: PassContext, config: OmniQuantConfig) -> int:
 # --- pruning and distillation -----------------------------------------------------------------------------
 
 def run_prune(ctx: PassContext, config: PruneConfig) -> dict[str, Any]:
-    shape, params = prune_plan(ctx.model, config), parameter_count(ctx.model)
-    record = prune(ctx.model, config, tokenizer=ctx.tokenizer, calib=ctx.data, progress=ctx.progress)
-    return {**record, "shape": shape, "params_before": params}
+    return prune(ctx.model, config, tokenizer=ctx.tokenizer, calib=ctx.data, progress=ctx.progress)
 
 
 def _check_distill(ctx: PassContext, config: DistillConfig) -> None:

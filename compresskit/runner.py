@@ -25,7 +25,7 @@ from .api_passes import PassContext
 from .api_publish import push
 from .api_recipe_plan import RecipePlan, Stage
 from .core.fsutil import write_json_atomic
-from .core.record import Source, record_of
+from .core.record import Evaluation, Source, record_of
 from .core.registry import REGISTRY
 from .core.version import __version__
 from .eval import EvalReport
@@ -51,7 +51,7 @@ class RecipeEvent:
 
 
 @dataclass
-class Evaluation:
+class EvalOutcome:
     """One eval stage's reports: ``parent`` (what the gate compares with: the recipe's model, or the
     eval's ``baseline``), ``start`` (the recipe's model, when the baseline is another model), ``child``
     (the stage's model) and the gate's ``comparison``."""
@@ -61,16 +61,16 @@ class Evaluation:
     start: EvalReport | None = None
     comparison: Any = None
 
-    def record(self, forced: bool, with_gate: bool = True) -> dict[str, Any]:
-        """What `save` stores as the artifact's evaluation (the gate's verdict unless ``with_gate`` is False
-        and nothing was gated)."""
+    def record(self, forced: bool, with_gate: bool = True) -> Evaluation:
+        """The model record's `Evaluation` of this outcome (the gate's verdict unless ``with_gate`` is False and
+        nothing was gated)."""
         out: dict[str, Any] = {}
         if self.start is not None:
             out["teacher"] = self.parent
         out |= {"before": self.start if self.start is not None else self.parent, "after": self.child}
-        if not with_gate and self.comparison.gate is None:
-            return out
-        return out | {"gate": {**self.comparison.to_dict(), "forced": bool(forced and not self.comparison.passed)}}
+        if with_gate or self.comparison.gate is not None:
+            out["gate"] = {**self.comparison.to_dict(), "forced": bool(forced and not self.comparison.passed)}
+        return Evaluation.of(out)
 
     @property
     def before(self) -> EvalReport:
@@ -82,7 +82,7 @@ class GateFailedError(RuntimeError):
     ``report`` the written report (OUTPUT.gate-report), ``result`` the run so far; rerunning with
     ``force=True`` (--force) saves. Not a `CompresskitError`: the input was fine, the model did not pass."""
 
-    def __init__(self, stage: Stage, evaluation: Evaluation, report: Path) -> None:
+    def __init__(self, stage: Stage, evaluation: EvalOutcome, report: Path) -> None:
         self.stage, self.evaluation, self.comparison, self.report = stage, evaluation, evaluation.comparison, report
         self.result: RecipeResult | None = None
         super().__init__(f"pass {stage.step.index} ({stage.step.name}): gate {self.comparison.summary()}; nothing "
@@ -101,7 +101,7 @@ class RecipeResult:
     seconds: dict[int, float] = field(default_factory=dict)  # position -> seconds, of the stages that ran
     pass_seconds: dict[int, float] = field(default_factory=dict)  # position -> seconds of the pass's own work
     results: dict[int, dict[str, Any]] = field(default_factory=dict)
-    evaluation: Evaluation | None = None
+    evaluation: EvalOutcome | None = None
     push: Any = None
 
     @property
@@ -143,7 +143,7 @@ class Runner:
     options: dict[str, Any] = field(default_factory=dict)
     _current: tuple[Any, Any, str] | None = None  # model, tokenizer, the key of what it holds
     _aux: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    _evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    _evaluations: dict[str, EvalOutcome] = field(default_factory=dict)
     _result: RecipeResult | None = None
 
     @property
@@ -224,10 +224,10 @@ class Runner:
                 continue
             baseline = s.step.config.baseline
             if baseline is None:
-                self._evaluations[s.key] = Evaluation(self._evaluate(s, model, tok, "original"))
+                self._evaluations[s.key] = EvalOutcome(self._evaluate(s, model, tok, "original"))
             else:
                 parent = self._evaluate(s, *self._other(s, baseline), "teacher")
-                self._evaluations[s.key] = Evaluation(parent, start=self._evaluate(s, model, tok, "student"))
+                self._evaluations[s.key] = EvalOutcome(parent, start=self._evaluate(s, model, tok, "student"))
 
     def _eval(self, s: Stage) -> None:
         """Score the stage's model and what it is compared with (rows scored before come from the eval
@@ -241,13 +241,13 @@ class Runner:
         self.emit(RecipeEvent("start", s, n=count * eval_units(tok, s.step.config.settings)))
         if ev is None:
             if s.model == original and baseline is None:  # nothing ran before: the original is the child
-                ev = Evaluation(self._evaluate(s, model, tok, "original"))
+                ev = EvalOutcome(self._evaluate(s, model, tok, "original"))
                 ev.child = ev.parent if s.step.config.kv is None else self._evaluate(s, model, tok, "original",
                                                                                      parent=False)
             elif baseline is None:
-                ev = Evaluation(self._evaluate(s, *self._other(s, original), "original"))
+                ev = EvalOutcome(self._evaluate(s, *self._other(s, original), "original"))
             else:
-                ev = Evaluation(self._evaluate(s, *self._other(s, baseline), "teacher"),
+                ev = EvalOutcome(self._evaluate(s, *self._other(s, baseline), "teacher"),
                                 start=self._evaluate(s, *self._other(s, original), "student"))
         if ev.child is None:
             ev.child = self._evaluate(s, model, tok, self._done_label(s), parent=False)
@@ -267,7 +267,7 @@ class Runner:
         ev = self._evaluations.get(s.key)
         if ev is None:  # done before: the scores are in its result file
             data = json.loads(s.path.read_text())
-            ev = Evaluation(EvalReport.from_dict(data["parent"]), EvalReport.from_dict(data["compressed"]),
+            ev = EvalOutcome(EvalReport.from_dict(data["parent"]), EvalReport.from_dict(data["compressed"]),
                             EvalReport.from_dict(data["start"]) if "start" in data else None)
             self._evaluations[s.key] = ev
         config = s.step.config

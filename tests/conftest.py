@@ -141,3 +141,22 @@ def _private_eval_cache(tmp_path_factory):
         os.environ.pop("COMPRESSKIT_EVAL_CACHE", None)
     else:
         os.environ["COMPRESSKIT_EVAL_CACHE"] = old
+
+
+def quantize_two_ways(model: str, tmp_path, group_size: int):
+    """``(A, B)``: ``compresskit quantize MODEL --method rtn --wbits 4 --no-eval`` and ``compresskit run`` of the same
+    one-pass recipe (its stage kept in a work directory and saved again from there); both must exit 0."""
+    from typer.testing import CliRunner
+
+    from compresskit.cli.main import app
+
+    a, b = tmp_path / "A", tmp_path / "B"
+    result = CliRunner().invoke(app, ["quantize", model, "--method", "rtn", "--wbits", "4", "--group-size",
+                                      str(group_size), "--no-eval", "--output", str(a)])
+    assert result.exit_code == 0, result.output
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {model}\noutput: {b}\npasses:\n  - quantize: {{method: rtn, wbits: 4, "
+                      f"group_size: {group_size}}}\n  - save\n")
+    result = CliRunner().invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 0, result.output
+    return a, b

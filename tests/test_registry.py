@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from _toy_pass import SCALE, ScaleConfig
+from conftest import quantize_two_ways
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -89,15 +90,7 @@ def test_an_unknown_pass_is_named_with_the_registered_ones(tiny_dir, tmp_path):
 def test_quantize_and_the_equivalent_recipe_write_the_same_checkpoint(tiny_dir, tmp_path):
     """`compresskit quantize` is a one-pass recipe run in memory; `compresskit run` keeps each stage in a work
     directory and saves again from it. Both write byte-identical weights and the same manifest."""
-    a, b = tmp_path / "A", tmp_path / "B"
-    result = CliRunner().invoke(app, ["quantize", str(tiny_dir), "--method", "rtn", "--wbits", "4", "--group-size",
-                                      "32", "--no-eval", "--output", str(a)])
-    assert result.exit_code == 0, result.output
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {tiny_dir}\noutput: {b}\npasses:\n  - quantize: {{method: rtn, wbits: 4, "
-                      "group_size: 32}\n  - save\n")
-    result = CliRunner().invoke(app, ["run", str(recipe)])
-    assert result.exit_code == 0, result.output
+    a, b = quantize_two_ways(str(tiny_dir), tmp_path, 32)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     qa, qb = (json.loads((d / "config.json").read_text())["quantization_config"] for d in (a, b))
     assert qa == qb

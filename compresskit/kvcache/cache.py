@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from ..core.errors import InputError
+
 
 class EvictingLayer(DynamicLayer):
     """A dynamic cache layer that can keep a subset of its tokens per KV head (see the module docstring)."""
@@ -50,7 +52,8 @@ class EvictingLayer(DynamicLayer):
         self.seen = self.fresh = 0
 
     def crop(self, tokens_to_remove: int) -> None:
-        raise NotImplementedError("an evicting cache cannot be cropped (assisted decoding is not supported)")
+        raise InputError("a compressed KV cache cannot be cropped: assisted / speculative decoding does not combine "
+                         "with KV-cache compression; generate without a KV policy")
 
 
 def evicting_cache(num_layers: int) -> Cache:

@@ -138,8 +138,9 @@ def check_model(model: Any) -> None:
     """Refuse models whose attention an evicting cache does not fit (sliding windows)."""
     get_arch(model)
     config = model.config
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True) and \
-            any(t != "full_attention" for t in (getattr(config, "layer_types", None) or ["sliding_attention"])):
+    layer_types = getattr(config, "layer_types", None) or []
+    if any(t == "sliding_attention" for t in layer_types) or (
+            getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)):
         raise InputError(f"{config.model_type} uses sliding-window attention, which KV eviction does not support "
                          "yet; use a model with full attention")
 

@@ -9,6 +9,7 @@ Scores are pure functions of tensors: the tests check each against a hand-comput
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ def _check_ratio(ratio: float) -> None:
 
 
 @dataclass(frozen=True)
-class Press:
+class Press(ABC):
     """Base of the presses: ``ratio`` is the share of the prefilled tokens each KV head drops."""
 
     ratio: float = 0.5
@@ -37,9 +38,10 @@ class Press:
     def name(self) -> str:
         return f"{PRESS_NAMES[type(self)]}:{self.ratio:g}"
 
+    @abstractmethod
     def score(self, module: Any, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
               keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``[batch, kv_heads, tokens]`` scores of the cached tokens: the highest are kept."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, InputError
 from .cache import EvictingLayer
 
 KV_BITS = (2, 4, 8)
@@ -136,7 +136,8 @@ class QuantizedLayer(EvictingLayer):
 
     def keep(self, indices: torch.Tensor) -> None:
         if self.qk is not None:
-            raise NotImplementedError("eviction runs at prefill, before anything is quantized")
+            raise InputError("this quantized KV cache already holds a compressed prompt: evicting from it again (a "
+                             "second prompt on the same cache) is not supported; start a new cache per prompt")
         super().keep(indices)
 
     def reset(self) -> None:

@@ -19,6 +19,7 @@ from compresskit.cli.main import app
 from compresskit.core.config import ConfigError
 from compresskit.eval import perplexity
 from compresskit.models import embedded_path
+from conftest import quantize_two_ways
 
 pytestmark = pytest.mark.integration
 PROMPT = "The capital of France is"
@@ -141,15 +142,7 @@ def test_quantize_and_the_equivalent_recipe_write_the_same_checkpoint(tmp_path):
     """The done-means of the one runner on the real model: `compresskit quantize ... --no-eval` (a one-pass
     recipe in memory) and `compresskit run` of the same recipe (stage kept in a work directory, saved again
     from there) write byte-identical safetensors and the same manifest."""
-    a, b = tmp_path / "A", tmp_path / "B"
-    result = CliRunner().invoke(app, ["quantize", "smollm2-135m", "--method", "rtn", "--wbits", "4", "--group-size",
-                                      "64", "--no-eval", "--output", str(a)])
-    assert result.exit_code == 0, result.output
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: smollm2-135m\noutput: {b}\npasses:\n  - quantize: {{method: rtn, wbits: 4, "
-                      "group_size: 64}\n  - save\n")
-    result = CliRunner().invoke(app, ["run", str(recipe)])
-    assert result.exit_code == 0, result.output
+    a, b = quantize_two_ways("smollm2-135m", tmp_path, 64)
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     qa, qb = (json.loads((d / "config.json").read_text())["quantization_config"] for d in (a, b))
     assert qa == qb

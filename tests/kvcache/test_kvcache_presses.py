@@ -155,3 +155,25 @@ def test_a_padded_batch_is_refused(model):
     mask[1, :3] = 0
     with compress_kv(model, "snapkv:0.5"), pytest.raises(InputError, match="padded batch"):
         model.generate(ids, attention_mask=mask, max_new_tokens=2, pad_token_id=0)
+
+
+def test_a_sliding_window_model_is_refused_and_a_press_must_score():
+    windowed = make_tiny_model("mistral")  # sliding_window=4096 in its config
+    with pytest.raises(InputError, match="sliding-window attention"):
+        with compress_kv(windowed, "snapkv:0.5"):
+            pass
+    assert "generate" not in windowed.__dict__
+    with compress_kv(make_tiny_model("mistral", sliding_window=None), "snapkv:0.5") as policy:
+        assert policy.name == "snapkv:0.5"
+    from compresskit.kvcache import Press
+
+    with pytest.raises(TypeError, match="abstract"):
+        Press(0.5)
+
+
+def test_a_compressed_cache_refuses_cropping(model):
+    cache = evicting_cache(2)
+    with torch.no_grad(), compress_kv(model, "snapkv:0.5"):
+        model(IDS, cache=cache, use_cache=True)
+    with pytest.raises(InputError, match="cannot be cropped"):
+        cache.crop(-1)

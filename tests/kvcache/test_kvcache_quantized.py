@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from compresskit.core.errors import ConfigError
+from compresskit.core.errors import ConfigError, InputError
 from compresskit.kvcache import (
     KVPolicy, QuantizedLayer, cache_bytes, compress_kv, dequantize_keys, dequantize_values, quantize_keys,
     quantize_values,
@@ -98,3 +98,14 @@ def test_bad_quantized_cache_settings():
         QuantizedLayer(bits=3)
     with pytest.raises(ConfigError, match="needs a press"):
         KVPolicy(press=None)
+
+
+def test_a_second_prompt_on_a_quantized_cache_is_refused():
+    model = make_tiny_model("llama", num_hidden_layers=2)
+    policy = KVPolicy.parse("snapkv:0.5+kivi:4,residual=32")
+    cache = policy.make_cache(2)
+    with torch.no_grad(), compress_kv(model, policy):
+        model(IDS, cache=cache, use_cache=True)
+        model(IDS[:, -1:], cache=cache, use_cache=True)  # quantizes the oldest groups
+        with pytest.raises(InputError, match="second prompt on the same cache"):
+            model(IDS[:, :40], cache=cache, use_cache=True)
