@@ -1,14 +1,16 @@
-"""KV-cache eviction on the embedded model: passkey / needle accuracy and the bytes the cache really holds,
-per press and ratio, against the full cache.
+"""KV-cache policies on the embedded model, side by side: passkey / needle accuracy, the perplexity of a
+continuation read after the compressed context, the bytes the cache really holds after the prompt and after
+16 generated tokens, the prompt's forward time (scoring included) and the decoding speed.
 
-    python bench/kvcache.py                                              # defaults below (CPU-sized)
-    python bench/kvcache.py --lengths 2048,4096 --policies snapkv:0.5,streaming:0.5 --trials 10
+    python bench/kvcache.py                                   # the 2K grid: every press at 25/50/75%, KIVI
+    python bench/kvcache.py --lengths 4096,8192 --policies "full;tova:0.5;retrieval-heads:0.5;kivi:2" \\
+        --out bench/results/kvcache_long
 
-Each row evaluates the model through ``compresskit.evaluate(..., kv=POLICY)`` (every generation under
-``compress_kv``; the full cache is the ``full`` row), and measures the cache after a prefill of a passkey
-prompt of each length plus 8 decoded tokens with `cache_bytes` (the tensors held, not a ratio).
-Writes bench/results/kvcache.{json,md}. Not measured here yet: decode speed, the continuation's perplexity,
-kvpress side by side (docs/kvcache.md says what exists).
+Each row is `compresskit.api.kv_sweep` (the same code as `compresskit kv`): tasks through
+`compresskit.evaluate(..., kv=POLICY)` (every generation under the policy; ``full`` is the full cache), then
+`continuation_ppl` and `measure_cache`. Writes OUT.{md,json} and the plots (score vs ratio per task, memory
+vs length) beside them. kvpress and transformers' QuantizedCache run as peers: bench/kvpress_peer.py,
+bench/hf_quantized_cache.py.
 """
 from __future__ import annotations
 
@@ -22,63 +24,46 @@ from _results import write_results  # bench/_results.py (scripts run by path)
 # bench/kernels.py would shadow the `kernels` package transformers' generate() looks for
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-DEFAULT_POLICIES = ("streaming:0.5,snapkv:0.5,tova:0.5,knorm:0.5,random:0.5,snapkv:0.25,snapkv:0.75,kivi:4,kivi:2,"
-                    "snapkv:0.5+kivi:4")
-
-
-def measured_bytes(model, tok, length: int, policy: str | None) -> int:
-    """Bytes the cache holds after a prefill of ``length`` tokens and 8 decoded tokens."""
-    from contextlib import nullcontext
-
-    import compresskit
-    from compresskit.eval.passkey import passkey_prompt
-
-    import torch
-
-    ids = torch.tensor([passkey_prompt(tok, length, 0.5, 12345)])
-    n_layers = len(model.model.layers)
-    cache = compresskit.api.KVPolicy.parse(policy).make_cache(n_layers) if policy else compresskit.api.evicting_cache(
-        n_layers)
-    with compresskit.compress_kv(model, policy) if policy else nullcontext():
-        model.generate(ids, max_new_tokens=8, do_sample=False, cache=cache,
-                       pad_token_id=tok.eos_token_id)
-    return compresskit.api.cache_bytes(cache)
+PRESSES_AT_HALF = ("streaming", "snapkv", "tova", "knorm", "random", "ada-snapkv", "ada-tova", "retrieval-heads")
+RATIO_SWEEP = ("streaming", "snapkv", "tova", "retrieval-heads")
+DEFAULT_POLICIES = ";".join(["full", *(f"{p}:0.5" for p in PRESSES_AT_HALF),
+                             *(f"{p}:{r}" for p in RATIO_SWEEP for r in (0.25, 0.75)),
+                             "snapkv:0.5,tail=64", "tova:0.5,tail=64", "retrieval-heads:0.5,tail=64",
+                             "kivi:4", "kivi:2", "snapkv:0.5+kivi:4", "tova:0.5+kivi:4"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--lengths", default="2048,4096")
-    ap.add_argument("--tasks", default="passkey,niah_single_1")
-    ap.add_argument("--policies", default=DEFAULT_POLICIES)
-    ap.add_argument("--trials", type=int, default=10, help="passkey trials and RULER samples per length")
+    ap.add_argument("--lengths", default="2048")
+    ap.add_argument("--tasks", default="passkey,niah_single_1,niah_multikey_1")
+    ap.add_argument("--policies", default=DEFAULT_POLICIES, help="';'-separated specs (options use commas)")
+    ap.add_argument("--trials", type=int, default=5, help="passkey trials and RULER samples per length")
+    ap.add_argument("--continuation", type=int, default=256, help="tokens of the continuation perplexity")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default="bench/results/kvcache")
     args = ap.parse_args()
 
+    import torch
+
     import compresskit
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tok = compresskit.load_model(args.model)
-    lengths = [int(n) for n in args.lengths.split(",")]
-    tasks = args.tasks.split(",")
-    rows, table = [], []
-    for policy in [None, *args.policies.split(",")]:
-        t0 = time.perf_counter()
-        report = compresskit.evaluate(model, tok, tasks=tasks, lengths=lengths, passkey_trials=args.trials,
-                                      samples=args.trials, kv=policy)
-        seconds = time.perf_counter() - t0
-        sizes = {n: measured_bytes(model, tok, n, policy) for n in lengths}
-        scores = {f"{r.task}@{r.length}": r.score for r in report.rows}
-        rows.append({"policy": policy or "full", "scores": scores, "cache_bytes": sizes, "seconds": seconds})
-        table.append([policy or "full", *(f"{scores[f'{t}@{n}']:.0f}%" for n in lengths for t in tasks),
-                      *(f"{sizes[n] / 1e6:.1f}" for n in lengths), f"{seconds:.0f}"])
-        print(table[-1], flush=True)
-    head = ["policy", *(f"{t} @ {n}" for n in lengths for t in tasks), *(f"cache MB @ {n} (+8)" for n in lengths),
-            "eval s"]
-    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in table]
-    note = (f"\n\n{args.model}, fp32 on CPU, {args.trials} passkey trials / needle samples per length; cache bytes "
-            "measured (the tensors held after prefill + 8 decoded tokens), fp32 keys and values; eval s: seconds of "
-            "the evaluation (a second or two: rows served from the eval cache of an earlier run).\n")
-    write_results(args.out, "\n".join(md) + note, {"args": vars(args), "rows": rows}, echo=True)
+    t0 = time.perf_counter()
+    sweep = compresskit.api.kv_sweep(
+        model, tok, args.policies.split(";"), lengths=[int(n) for n in args.lengths.split(",")],
+        tasks=[t for t in args.tasks.split(",") if t], trials=args.trials, continuation=args.continuation,
+        progress=lambda n, msg=None: print(f"  done: {msg} ({time.perf_counter() - t0:.0f} s)", flush=True))
+    plots = sweep.plot(Path(args.out).parent / f"{Path(args.out).name}_plots")
+    note = (f"\n\n{args.model}, fp32 on CPU ({torch.get_num_threads()} threads), {args.trials} passkey trials / needle "
+            f"samples per task and length. Scores in %; continuation ppl: perplexity of the {args.continuation} "
+            "held-out tokens after a context of that length compressed by the policy; cache MB: bytes of the "
+            "tensors the cache holds (fp32) after the prompt and after 16 generated tokens; prefill s: the "
+            "prompt's forward with the policy's scoring; decode tok/s: median of 16 single-token steps. "
+            f"Total {time.perf_counter() - t0:.0f} s. Plots: {', '.join(p.name for p in plots)}.\n")
+    write_results(args.out, sweep.table() + note, {"args": vars(args), **sweep.to_dict()}, echo=True)
 
 
 if __name__ == "__main__":

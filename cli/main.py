@@ -16,6 +16,7 @@ from rich.markup import escape
 from compresskit import api
 
 from . import apply as apply_cmd  # apply: any registered pass
+from . import kv as kv_cmd  # kv: KV-cache policies side by side
 from . import publish  # export, push
 from . import recipe  # run: recipes
 from .common import (
@@ -366,8 +367,10 @@ def eval_cmd(
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON here"),
     kv: Optional[str] = typer.Option(None, "--kv", metavar="POLICY", help="generate under a KV-cache policy: "
                                      "snapkv:0.5, streaming:0.75, tova:0.5, knorm:0.5, random:0.5 (RATIO: share of "
-                                     "the prompt's cache dropped), kivi:4 / kivi:2 (quantized cache), or both: "
-                                     "snapkv:0.5+kivi:4; a --baseline keeps the full cache"),
+                                     "the prompt's cache dropped), ada-snapkv:0.5 (AdaKV budgets), "
+                                     "retrieval-heads:0.5, tova:0.5,interval=256 (also while generating), kivi:4 / "
+                                     "kivi:2 (quantized cache), or both: snapkv:0.5+kivi:4; a --baseline keeps the "
+                                     "full cache"),
 ) -> None:
     """Evaluate a model at several lengths (perplexity, passkey, RULER tasks, LongBench), optionally
     against a baseline."""
@@ -428,6 +431,7 @@ def kernels(as_json: bool = typer.Option(False, "--json", help="print JSON inste
 
 publish.register(app)  # export, push
 recipe.register(app)  # run
+kv_cmd.register(app)  # kv
 app.command()(apply_cmd.apply)  # any registered pass
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The Python API: the one module the command line calls. It defines nothing; it gathers the API modules
 that compose the rooms, each importing only the ones below it:
 
-    api_publish  ->  api_models  ->  api_eval, api_prune, api_distill  ->  api_passes (the registered
-    passes)  ->  api_recipe_plan  ->  runner  ->  api_recipe
+    api_publish  ->  api_models  ->  api_kv (KV policies)  ->  api_eval, api_kv_sweep, api_prune, api_distill
+    ->  api_passes (the registered passes)  ->  api_recipe_plan  ->  runner  ->  api_recipe
 
     import compresskit
     model, tok = compresskit.load_model("smollm2-135m")
@@ -37,5 +37,7 @@ from .core.errors import CompresskitError  # noqa: F401
 from .core.record import ModelRecord, record_of  # noqa: F401
 from .core.registry import REGISTRY, PassSpec, register  # noqa: F401
 from .eval.settings import EvalSettings  # noqa: F401
-from .kvcache import KVPolicy, attach_kv, attached_policy, cache_bytes, compress_kv, evicting_cache  # noqa: F401
+from .api_kv_sweep import KVRow, KVSweep, continuation_ppl, kv_sweep, measure_cache  # noqa: F401
+from .api_kv import attach_kv, compress_kv, kv_head_scores, kv_memory, resolve_kv  # noqa: F401
+from .kvcache import KVPolicy, attached_policy, cache_bytes, evicting_cache  # noqa: F401
 from .prune import PruneConfig  # noqa: F401

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from .api_kv import resolve_kv
 from .api_models import heldout_text
 from .core.errors import InputError
 from .eval import EvalReport, Gate, RowCache, count_tokens, total_units, write_report_dir
@@ -68,7 +69,8 @@ def evaluate(
     """
     s = eval_settings(settings, **overrides)
     text = heldout_text() if text is None else text
-    policy = KVPolicy.parse(s.kv) if s.kv is not None else attached_policy(model)  # what generation will use
+    # what generation will use (retrieval-heads scores the model's heads here)
+    policy = resolve_kv(model, tokenizer, s.kv) if s.kv is not None else attached_policy(model)
     row_cache = None
     if s.cache:
         default = os.environ.get("COMPRESSKIT_EVAL_CACHE") or cache_root() / "eval"

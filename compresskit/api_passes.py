@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from .api_distill import check_distill, check_distill_dependencies, distill
+from .api_kv import kv_memory, resolve_kv
 from .api_models import calibration_ids
 from .api_prune import prune, prune_plan, prune_units
 from .core.arch import get_arch
@@ -148,8 +149,9 @@ register(PassSpec("distill", "distill", DistillConfig, run_distill, units=lambda
 # --- the KV-cache policy: no weight changes, generation compresses its cache ------------------------------
 
 def run_kv(ctx: PassContext, config: KVPolicy) -> dict[str, Any]:
+    config = resolve_kv(ctx.model, ctx.tokenizer, config)  # retrieval-heads: the heads are scored and saved
     attach_kv(ctx.model, config)
-    summary = {"name": config.name, "policy": config.to_dict()}
+    summary = {"name": config.name, "policy": config.to_dict(), "memory": kv_memory(ctx.model, config)}
     record_of(ctx.model).passes.append(PassResult("kv", config.name, config.to_dict(), summary))
     ctx.progress(1, config.name)
     return summary

@@ -5,17 +5,16 @@ retrieval probes) and the calibration sources.
 """
 from __future__ import annotations
 
-import random
 from typing import Any, Callable
 
 import torch.nn as nn
 
+from .api_kv import passkey_probes
 from .api_models import calibration_ids
 from .core.arch import get_arch
 from .core.errors import InputError
-from .eval.passkey import KEY_MAX, KEY_MIN, passkey_prompt
 from .prune import (
-    PruneConfig, collect_importance, count_parameters, head_retrieval_scores, plan, probe_from_answer, prune_in_place,
+    PruneConfig, collect_importance, count_parameters, head_retrieval_scores, plan, prune_in_place,
 )
 from .prune import progress_units as _progress_units
 
@@ -35,17 +34,7 @@ def retrieval_probes(model: nn.Module, tokenizer: Any, config: PruneConfig) -> l
     """Needle probes for retrieval-head scoring: the eval suite's passkey prompts at
     ``config.retrieval_length`` (capped at the model's context), keys drawn from a seed distinct from
     the evaluation's, the needle's key tokens as copy targets and the key as the teacher-forced answer."""
-    context = getattr(model.config, "max_position_embeddings", None) or config.retrieval_length
-    length = min(config.retrieval_length, context - 8)
-    rng = random.Random(config.seed + 7919)
-    n = config.retrieval_samples
-    probes = []
-    for i in range(n):
-        key, depth = rng.randint(KEY_MIN, KEY_MAX), 0.5 if n == 1 else 0.05 + 0.9 * i / (n - 1)
-        prompt = passkey_prompt(tokenizer, length, depth, key)
-        answer = list(tokenizer(" " + str(key), add_special_tokens=False)["input_ids"])
-        probes.append(probe_from_answer(prompt, answer))
-    return probes
+    return passkey_probes(model, tokenizer, config.retrieval_length, config.retrieval_samples, config.seed + 7919)
 
 
 def prune_units(model: nn.Module, config: PruneConfig) -> int:

@@ -28,7 +28,7 @@ ALLOWED = {
 }
 
 # the API modules, bottom up: each may import the rooms and the API modules before it, never one after it
-API_LAYERS = ["api_publish", "api_models", "api_eval", "api_prune", "api_distill", "api_passes", "api_recipe_plan",
+API_LAYERS = ["api_publish", "api_models", "api_kv", "api_eval", "api_kv_sweep", "api_prune", "api_distill", "api_passes", "api_recipe_plan",
               "runner", "api_recipe", "api"]
 OPTIONAL_HEAVY = ("triton_kernels",)  # our modules that import an optional heavy package (triton) at their top
 ROOM_DIRS = {room: ROOT / "compresskit" / room for room in ALLOWED} | {"cli": ROOT / "cli", "calib": ROOT / "calib"}

@@ -10,7 +10,7 @@ from .longbench import LongBenchResult, load_longbench, longbench
 from .output import write_report_dir
 from .passkey import PasskeyResult, PasskeyTrial, passkey, passkey_prompt
 from .perplexity import PerplexityResult, perplexity, perplexity_ids
-from .plots import write_plots
+from .plots import plot_lines, write_plots
 from .report import EvalReport, EvalRow
 from .ruler import RULER_TASKS, RulerResult, ruler
 from .suite import DEFAULT_TASKS, TASKS, count_tokens, evaluate, total_units
@@ -32,6 +32,7 @@ __all__ = [
     "longbench",
     "model_fingerprint",
     "ruler",
+    "plot_lines",
     "write_plots",
     "write_report_dir",
     "PasskeyResult",

@@ -193,3 +193,26 @@ def write_plots(directory: str | os.PathLike, child: HasRows, parent: HasRows | 
     if any(r.task == "ppl" for r in child.rows) and finite:
         out.append(plot_ppl_curve(reports, directory / "ppl_vs_length.png", title="perplexity vs length"))
     return out
+
+
+def plot_lines(series: dict[str, list[tuple[float, float]]], path: str | os.PathLike[str], *, xlabel: str,
+               ylabel: str, title: str, log2x: bool = False) -> Path:
+    """One line per label of ``(x, y)`` points (e.g. score vs compression ratio per press); PNG at ``path``."""
+    series = {k: sorted(v) for k, v in series.items() if v}
+    if not series:
+        raise InputError(f"nothing to plot for {title!r}")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+    for label, points in series.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=label)
+    if log2x:
+        ticks = sorted({x for points in series.values() for x, _ in points})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)

@@ -36,7 +36,7 @@ class EvalSettings(JsonConfig):
     longbench_path: str | None = None
     longbench_limit: int | None = None
     cache: Any = True
-    kv: str | None = None
+    kv: Any = None  # a spec string, a dict or a KVPolicy
 
     def __post_init__(self) -> None:
         try:

@@ -210,6 +210,25 @@ def _recipe_line(recipe: dict[str, Any] | None, pruning: dict[str, Any] | None,
     return "; ".join(parts) or "saved by compresskit without compression"
 
 
+def _kv_lines(kv: dict[str, Any] | None, weights: int) -> list[str]:
+    """The KV-cache section: the policy and the cache bytes it holds at long context (measured on the cache
+    layout when the policy was set), beside the full cache's, and the total with the weights."""
+    memory = (kv or {}).get("memory")
+    if not memory:
+        return []
+    lines = ["## KV cache at long context", "",
+             f"Generation compresses the KV cache with `{kv.get('name')}` when the model is loaded with "
+             "`compresskit.load_model`; other loaders (plain `from_pretrained`, engines) keep the full cache, the "
+             f"middle column. Bytes held after a prompt of that many tokens, {memory.get('dtype')} keys and "
+             "values, measured on the cache layout.", "",
+             "| context | full KV cache | with the policy | weights + KV (policy) |", "|---|---|---|---|"]
+    for row in memory.get("rows", []):
+        held = row.get("policy") or 0
+        lines.append(f"| {row['tokens']:,} | {_mb(row['full'])} | {_mb(held)} ({held / row['full']:.2f}x) | "
+                     f"{_mb(weights + held)} |")
+    return lines + [""]
+
+
 _FROM_PRETRAINED = ("from transformers import AutoModelForCausalLM\n\n"
                     "model = AutoModelForCausalLM.from_pretrained(\"{id}\")")
 _LOAD = {  # kind -> (shell lines, python lines)
@@ -312,6 +331,7 @@ def build_card(directory: str | os.PathLike, *, name: str | None = None, parent:
               f"| these weights | {_mb(total)}" + (f" ({total / parent.bytes:.2f}x the parent)" if parent.bytes else "")
               + " |"]
     lines += [f"| `{f}` | {n:,} bytes |" for f, n in weights.items()] + [""]
+    lines += _kv_lines(config.get(KV_KEY), total)
     lines += ["## Evaluation", ""]
     if table:
         lines += [eval_markdown(table)]

@@ -21,38 +21,77 @@ from ..core.config import JsonConfig
 from ..core.errors import ConfigError, InputError
 from .cache import EvictingLayer, evicting_cache
 from .quantized import QuantizedLayer
-from .presses import PRESSES, Press, keep_indices
+from .presses import PRESSES, Press, RetrievalHeadsPress, adaptive_keep, keep_top
+
+BUDGETS = ("uniform", "adaptive")
 
 POLICY_VERSION = 1
 
 
 @dataclass(frozen=True)
 class KVPolicy(JsonConfig):
-    """What the cache keeps: ``press`` (one of `PRESSES`: random, knorm, streaming, snapkv, tova; None: no
-    eviction) at ``ratio`` (the share of the prefilled tokens each KV head drops), with the press's own
-    ``options`` (e.g. ``{"window": 32}`` for snapkv); and ``bits`` (2, 4, 8; None: full precision) for a
-    KIVI-style quantized cache with ``group`` and the ``residual`` most recent tokens in full precision."""
+    """What the cache keeps: ``press`` (one of `PRESSES`: random, knorm, streaming, snapkv, tova,
+    retrieval-heads; None: no eviction) at ``ratio`` (the share of the prefilled tokens the cache drops), with
+    the press's own ``options`` (e.g. ``{"window": 32}`` for snapkv); ``budget`` "uniform" (every KV head keeps
+    the same count) or "adaptive" (AdaKV: one top-k over a layer's heads, each keeping at least ``floor`` of its
+    even share; spec ``ada-snapkv:0.5,floor=0.2``. AdaKV's paper uses 0.2; on SmolLM2-135M 0.2 lost the
+    passkey at 2K that 0.5 and uniform budgets kept, hence 0.5);
+    ``interval``: while generating, evict back to the size held after the prompt every ``interval`` new tokens
+    (None: only at prefill); ``tail``: in ``generate``, the last ``tail`` prompt tokens are read after the rest
+    was compressed, as a question that arrives after its context (question-agnostic compression; 0: the whole
+    prompt is compressed at once, a question at its end inside the scoring window); and ``bits`` (2, 4, 8; None: full precision) for a KIVI-style quantized cache with
+    ``group``, the ``residual`` most recent tokens and the first ``sink`` tokens in full precision (the
+    attention sinks: keeping 4 halved KIVI-2's perplexity increase on SmolLM2-135M, docs/kvcache.md)."""
 
     press: str | None = "snapkv"
     ratio: float = 0.5
     options: dict[str, Any] = field(default_factory=dict)
+    budget: str = "uniform"
+    floor: float = 0.5
+    interval: int | None = None
+    tail: int = 0
     bits: int | None = None
     group: int = 32
     residual: int = 128
+    sink: int = 4
     version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
-        self.build()  # every check of the press (known name, ratio range, its options) now
+        press = self.build()  # every check of the press (known name, ratio range, its options) now
         if self.bits is not None:
-            QuantizedLayer(self.bits, self.group, self.residual)  # and of the quantized cache
-        elif self.press is None:
+            QuantizedLayer(self.bits, self.group, self.residual, self.sink)  # and of the quantized cache
+        elif press is None:
             raise ConfigError("a KV policy needs a press (snapkv:0.5), a quantized cache (kivi:4), or both")
+        if self.budget not in BUDGETS:
+            raise ConfigError(f"KV budget {self.budget!r} is unknown; use {' or '.join(BUDGETS)} (ada-snapkv:0.5)")
+        if not 0.0 < self.floor <= 1.0:
+            raise ConfigError(f"floor={self.floor} must lie in (0, 1]: the least share of its even budget an "
+                              "adaptive head keeps")
+        if self.budget == "adaptive" and isinstance(press, RetrievalHeadsPress):
+            raise ConfigError("retrieval-heads sets its own per-head budgets; drop the ada- prefix")
+        if self.per_head and self.bits is not None:
+            raise ConfigError(f"per-head budgets ({self.name.split('+')[0]}) do not combine with kivi yet; use a "
+                              "uniform press (snapkv:0.5+kivi:4)")
+        if not isinstance(self.tail, int) or self.tail < 0 or (self.tail and press is None):
+            raise ConfigError(f"tail={self.tail!r}: the prompt tokens read after compression must be a whole number "
+                              ">= 0, with a press (e.g. snapkv:0.5,tail=64)")
+        if self.interval is not None:
+            if press is None or self.per_head or self.bits is not None or self.interval < 1:
+                raise ConfigError(f"interval={self.interval}: decoding-time eviction needs a uniform press without "
+                                  "kivi and an interval >= 1 (e.g. tova:0.5,interval=256)")
 
-    def make_cache(self, num_layers: int) -> Cache:
-        """An empty cache for ``model.generate(..., cache=...)``: evicting layers, quantized if ``bits``."""
+    @property
+    def per_head(self) -> bool:
+        """Whether KV heads keep different counts (the per-head layout of `EvictingLayer`)."""
+        return self.budget == "adaptive" or self.press == "retrieval-heads"
+
+    def make_cache(self, num_layers: int, groups: int = 1) -> Cache:
+        """An empty cache for ``model.generate(..., cache=...)``: evicting layers, quantized if ``bits``
+        (``groups``: query heads per KV head)."""
         if self.bits is None:
-            return evicting_cache(num_layers)
-        return Cache(layers=[QuantizedLayer(self.bits, self.group, self.residual) for _ in range(num_layers)])
+            return evicting_cache(num_layers, groups)
+        return Cache(layers=[QuantizedLayer(self.bits, self.group, self.residual, self.sink)
+                             for _ in range(num_layers)])
 
     def build(self) -> Press | None:
         if self.press is None:
@@ -63,21 +102,32 @@ class KVPolicy(JsonConfig):
         known = {f.name for f in fields(cls)} - {"ratio"}
         unknown = set(self.options) - known
         if unknown:
-            raise ConfigError(f"{self.press} has no option(s) {sorted(unknown)}; its options: {sorted(known) or 'none'}")
+            raise ConfigError(f"{self.press} has no option(s) {sorted(unknown)}; its options: {sorted(known) or 'none'}"
+                              " (and interval=N, tail=N for every press)")
         return cls(ratio=self.ratio, **self.options)
 
     @property
     def name(self) -> str:
-        opts = "".join(f",{k}={v}" for k, v in sorted(self.options.items()))
-        parts = [] if self.press is None else [f"{self.press}:{self.ratio:g}{opts}"]
+        opts = "".join(f",{k}={v}" for k, v in sorted(self.options.items()) if k != "heads")
+        if self.interval is not None:
+            opts += f",interval={self.interval}"
+        if self.tail:
+            opts += f",tail={self.tail}"
+        if self.budget == "adaptive" and self.floor != 0.5:
+            opts += f",floor={self.floor:g}"
+        prefix = "ada-" if self.budget == "adaptive" else ""
+        parts = [] if self.press is None else [f"{prefix}{self.press}:{self.ratio:g}{opts}"]
         if self.bits is not None:
-            extra = "".join(f",{k}={getattr(self, k)}" for k, d in (("group", 32), ("residual", 128))
+            extra = "".join(f",{k}={getattr(self, k)}" for k, d in (("group", 32), ("residual", 128), ("sink", 4))
                             if getattr(self, k) != d)
             parts.append(f"kivi:{self.bits}{extra}")
         return "+".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if "heads" in d["options"]:
+            d["options"]["heads"] = [list(pair) for pair in d["options"]["heads"]]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "KVPolicy":
@@ -86,8 +136,9 @@ class KVPolicy(JsonConfig):
 
     @classmethod
     def parse(cls, spec: "str | KVPolicy | dict[str, Any]") -> "KVPolicy":
-        """From ``"snapkv:0.5"`` (``NAME:RATIO``; options as ``NAME:RATIO,window=32``), ``"kivi:4"`` (bits;
-        ``kivi:2,residual=64``), ``"snapkv:0.5+kivi:4"``, a dict or a policy."""
+        """From ``"snapkv:0.5"`` (``NAME:RATIO``; options as ``NAME:RATIO,window=32``), ``"ada-snapkv:0.5"``
+        (AdaKV budgets), ``"tova:0.5,interval=256"`` (also while generating), ``"retrieval-heads:0.5"``,
+        ``"kivi:4"`` (bits; ``kivi:2,residual=64``), ``"snapkv:0.5+kivi:4"``, a dict or a policy."""
         if isinstance(spec, KVPolicy):
             return spec
         if isinstance(spec, dict):
@@ -99,15 +150,22 @@ class KVPolicy(JsonConfig):
             if name == "kivi":
                 if "bits" in fields_:
                     raise ConfigError(f"KV policy {text!r}: one quantized cache (kivi:BITS) at most")
-                unknown = set(options) - {"group", "residual"}
+                unknown = set(options) - {"group", "residual", "sink"}
                 if unknown or ratio != int(ratio):
                     raise ConfigError(f"KV policy {text!r}: kivi takes the bits (2, 4, 8) and the options group, "
-                                      f"residual, e.g. kivi:4 or kivi:2,residual=64")
+                                      f"residual, sink, e.g. kivi:4 or kivi:2,residual=64")
                 fields_ |= {"bits": int(ratio), **options}
             else:
                 if fields_["press"] is not None:
                     raise ConfigError(f"KV policy {text!r}: one eviction press at most (add kivi:BITS to quantize)")
-                fields_ |= {"press": name, "ratio": ratio, "options": options}
+                budget = "adaptive" if name.startswith("ada-") else "uniform"
+                fields_ |= {"press": name.removeprefix("ada-"), "ratio": ratio, "budget": budget,
+                            "interval": options.pop("interval", None), "tail": options.pop("tail", 0),
+                            "options": options}
+                if "floor" in options:
+                    if budget != "adaptive":
+                        raise ConfigError(f"KV policy {text!r}: floor= is for adaptive budgets (ada-{name}:...)")
+                    fields_["floor"] = options.pop("floor")
         return cls(**fields_)
 
 
@@ -145,21 +203,55 @@ def check_model(model: Any) -> None:
                          "yet; use a model with full attention")
 
 
-def _prefill_hook(press: Press):
+def compress_layer(layer: EvictingLayer, policy: KVPolicy, press: Press, scores: torch.Tensor, index: int,
+                   n_layers: int) -> None:
+    """Compress the prompt held by ``layer`` (layer ``index`` of ``n_layers``) by ``policy``'s budget rule:
+    the press's own (one count per head, or its per-head budgets) or AdaKV's."""
+    if policy.budget == "adaptive":
+        layer.keep_heads(adaptive_keep(scores, press.ratio, policy.floor))
+    else:
+        kept = press.keep(scores, index, n_layers)
+        layer.keep_heads(kept) if isinstance(kept, list) else layer.keep(kept)
+    layer.target = layer.held()
+
+
+def _compress_hook(press: Press, policy: KVPolicy, n_layers: int):
+    """After an attention forward: compress the layer's cache once after the prompt (an update of more than
+    one token), and, with ``policy.interval``, every ``interval`` generated tokens back to the size it held
+    after the prompt (scored with the current token's query)."""
     def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        if cache is None or module.layer_idx >= len(cache.layers):
+        if cache is None or module.layer_idx >= len(cache.layers) or press.ratio == 0:
             return
         layer = cache.layers[module.layer_idx]
-        if not isinstance(layer, EvictingLayer) or layer.fresh <= 1 or press.ratio == 0:
-            return  # decoding steps (one token) and other caches are left alone
+        if not isinstance(layer, EvictingLayer):
+            return  # other caches are left alone
+        prompt = layer.fresh > 1 and not layer.compressed
+        again = policy.interval is not None and layer.compressed and layer.since >= policy.interval
+        if not (prompt or again):
+            return
         hidden = kwargs.get("hidden_states", args[0] if args else None)
         with torch.no_grad():
             scores = press.score(module, hidden, kwargs["position_embeddings"], layer.keys, layer.values)
-            layer.keep(keep_indices(scores, press.ratio))
-        layer.fresh = 0
+            if again:
+                layer.keep(keep_top(scores, layer.target))
+            else:
+                compress_layer(layer, policy, press, scores, module.layer_idx, n_layers)
 
     return hook
+
+
+def _read_context_first(model: Any, policy: KVPolicy, cache: Cache, ids: torch.Tensor | None) -> None:
+    """Prefill all but the last ``policy.tail`` prompt tokens into an empty ``cache`` (so they are compressed
+    without the question); ``generate`` then reads the rest (a per-head layout: all but the last token here,
+    one at a time)."""
+    if ids is None or cache.get_seq_length() > 0 or ids.shape[-1] <= policy.tail + 1:
+        return
+    with torch.no_grad():
+        model(ids[:, :-policy.tail], cache=cache, use_cache=True, logits_to_keep=1)
+        if policy.per_head:
+            for i in range(ids.shape[-1] - policy.tail, ids.shape[-1] - 1):
+                model(ids[:, i:i + 1], cache=cache, use_cache=True, logits_to_keep=1)
 
 
 @dataclass
@@ -191,8 +283,16 @@ def attach_kv(model: Any, policy: "str | KVPolicy | dict[str, Any] | None") -> K
     press = policy.build()
     spec = get_arch(model)
     blocks = spec.blocks_of(model)
+    if policy.per_head and getattr(model.config, "_attn_implementation", None) != "sdpa":
+        raise InputError(f"{policy.name} keeps a different count per KV head, which needs sdpa attention; load the "
+                         "model with attn_implementation='sdpa' (compresskit.load_model does)")
+    if press is not None:
+        press.check_ready()
+    config = model.config
+    groups = config.num_attention_heads // (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
     handles = [] if press is None else [
-        get_module(block, spec.attention).register_forward_hook(_prefill_hook(press), with_kwargs=True)
+        get_module(block, spec.attention).register_forward_hook(_compress_hook(press, policy, len(blocks)),
+                                                                with_kwargs=True)
         for block in blocks]
     generate = model.generate
     own = model.__dict__.get("generate")  # a generate set on the instance before (kept as it was)
@@ -203,7 +303,10 @@ def attach_kv(model: Any, policy: "str | KVPolicy | dict[str, Any] | None") -> K
             raise InputError("KV-cache compression with a padded batch is not supported: generate one prompt at a "
                              "time (or pass prompts of equal length without padding)")
         if kwargs.get("past_key_values") is None and kwargs.get("cache") is None:
-            kwargs["cache"] = policy.make_cache(len(blocks))
+            kwargs["cache"] = policy.make_cache(len(blocks), groups)
+        if policy.tail:
+            _read_context_first(model, policy, kwargs.get("cache", kwargs.get("past_key_values")),
+                                args[0] if args else kwargs.get("input_ids"))
         return generate(*args, **kwargs)
 
     def detach() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, InputError
 
 
 def _check_ratio(ratio: float) -> None:
@@ -42,6 +42,14 @@ class Press(ABC):
     def score(self, module: Any, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
               keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """``[batch, kv_heads, tokens]`` scores of the cached tokens: the highest are kept."""
+
+    def check_ready(self) -> None:
+        """Raise `ConfigError` if the press lacks something it needs before it can run (nothing by default)."""
+
+    def keep(self, scores: torch.Tensor, layer: int, n_layers: int) -> torch.Tensor | list[torch.Tensor]:
+        """Which tokens layer ``layer`` keeps: ``[batch, kv_heads, n]`` (one count for every head; the default,
+        the best ``int(tokens * (1 - ratio))``) or a list of ``[n_h]`` per KV head (per-head budgets)."""
+        return keep_indices(scores, self.ratio)
 
 
 @dataclass(frozen=True)
@@ -140,14 +148,76 @@ class TOVAPress(Press):
         return score
 
 
+@dataclass(frozen=True)
+class RetrievalHeadsPress(Press):
+    """Head-level budgets (DuoAttention / Task-KV style, with the heads found by compresskit's retrieval-head
+    scorer instead of trained gates): the KV heads in ``heads`` (``(layer, kv_head)`` pairs) keep every token;
+    the others keep ``n_sink`` sinks and the most recent tokens, as many as leaves the whole cache holding
+    ``1 - ratio`` of its tokens. ``share`` is the part of that budget given to retrieval heads when the API
+    picks them (`compresskit.compress_kv(model, "retrieval-heads:0.5", tokenizer=tok)` scores the heads)."""
+
+    heads: tuple = ()
+    share: float = 0.5
+    n_sink: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.share <= 1.0:
+            raise ConfigError(f"retrieval-heads: share={self.share} must lie in [0, 1] (the part of the kept "
+                              "budget that goes to retrieval heads)")
+        object.__setattr__(self, "heads", tuple(tuple(int(x) for x in pair) for pair in self.heads))
+        if any(len(pair) != 2 for pair in self.heads):
+            raise ConfigError("retrieval-heads: heads must be (layer, kv_head) pairs")
+
+    def score(self, module, hidden_states, position_embeddings, keys, values):
+        return StreamingLLMPress.score(self, module, hidden_states, position_embeddings, keys, values)
+
+    def check_ready(self) -> None:
+        if not self.heads:
+            raise ConfigError("retrieval-heads needs the model's retrieval heads: use compresskit.compress_kv(model, "
+                              "'retrieval-heads:0.5', tokenizer=tok), which scores them")
+
+    def keep(self, scores, layer, n_layers):
+        self.check_ready()
+        b, h, t = scores.shape
+        total, full = n_layers * h, len(self.heads)
+        others = max(0.0, ((1.0 - self.ratio) * total - full) / max(1, total - full))
+        n_other = max(min(self.n_sink + 1, t), int(t * others))
+        recent = scores.topk(n_other, dim=-1).indices.sort(dim=-1).values[0]
+        everything = torch.arange(t, device=scores.device)
+        return [everything if (layer, i) in self.heads else recent[i] for i in range(h)]
+
+
 PRESSES: dict[str, type[Press]] = {"random": RandomPress, "knorm": KnormPress, "streaming": StreamingLLMPress,
-                                   "snapkv": SnapKVPress, "tova": TOVAPress}
+                                   "snapkv": SnapKVPress, "tova": TOVAPress, "retrieval-heads": RetrievalHeadsPress}
 PRESS_NAMES = {cls: name for name, cls in PRESSES.items()}
+
+
+def adaptive_keep(scores: torch.Tensor, ratio: float, floor: float = 0.2) -> list[torch.Tensor]:
+    """AdaKV (Feng et al. 2024) budgets for one layer (batch 1): the layer keeps ``int(tokens * (1 - ratio))``
+    tokens per KV head on average, chosen by one top-k over the scores of all its heads, so a head whose
+    attention is concentrated gives budget to one that spreads it; each head keeps at least ``floor`` of its
+    even share. Returns ``[n_h]`` indices per head, in order. Scores must be comparable across heads
+    (attention probabilities: snapkv, tova)."""
+    if scores.shape[0] != 1:
+        raise InputError("per-head KV budgets work on one sequence at a time (batch size 1); generate one prompt "
+                         "at a time or use a uniform policy (snapkv:0.5)")
+    _, h, t = scores.shape
+    n_keep = max(1, int(t * (1.0 - ratio)))
+    guaranteed = max(1, int(n_keep * floor))
+    s = scores[0].float().clone()
+    s.scatter_(1, s.topk(guaranteed, dim=-1).indices, float("inf"))  # every head's floor first
+    chosen = s.flatten().topk(n_keep * h).indices
+    head, token = chosen // t, chosen % t
+    return [token[head == i].sort().values for i in range(h)]
 
 
 def keep_indices(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """``[batch, kv_heads, n_keep]`` indices of the best ``int(tokens * (1 - ratio))`` tokens (at least one)
     of every KV head, in their original order."""
-    t = scores.shape[-1]
-    n_keep = max(1, int(t * (1.0 - ratio)))
-    return scores.topk(n_keep, dim=-1).indices.sort(dim=-1).values
+    return keep_top(scores, max(1, int(scores.shape[-1] * (1.0 - ratio))))
+
+
+def keep_top(scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """``[batch, kv_heads, n_keep]`` indices of the ``n_keep`` best tokens of every KV head, in order."""
+    return scores.topk(min(n_keep, scores.shape[-1]), dim=-1).indices.sort(dim=-1).values

@@ -39,8 +39,8 @@ def pack_uint8(q: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_uint8(p: torch.Tensor, bits: int) -> torch.Tensor:
     """The codes `pack_uint8` packed (last dimension ``8 // bits`` times longer)."""
     per, mask = 8 // bits, (1 << bits) - 1
-    parts = [(p >> (bits * i)) & mask for i in range(per)]
-    return torch.stack(parts, dim=-1).reshape(*p.shape[:-1], p.shape[-1] * per)
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=p.device)
+    return ((p.unsqueeze(-1) >> shifts) & mask).reshape(*p.shape[:-1], p.shape[-1] * per)
 
 
 def quantize_minmax(x: torch.Tensor, bits: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -93,16 +93,19 @@ class QuantizedLayer(EvictingLayer):
     (keys per channel, values per token, groups of ``group``; scales and minima in fp16); see the module
     docstring."""
 
-    def __init__(self, bits: int = 4, group: int = 32, residual: int = 128, **kwargs: Any) -> None:
+    def __init__(self, bits: int = 4, group: int = 32, residual: int = 128, sink: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         check_bits(bits)
-        if group < 1 or residual < 0:
-            raise ConfigError(f"KV-cache group={group} must be >= 1 and residual={residual} >= 0")
-        self.bits, self.group, self.residual = bits, group, residual
+        if group < 1 or residual < 0 or sink < 0:
+            raise ConfigError(f"KV-cache group={group} must be >= 1, residual={residual} and sink={sink} >= 0")
+        self.bits, self.group, self.residual, self.sink = bits, group, residual, sink
         self.qk = self.ks = self.kz = self.qv = self.vs = self.vz = None
+        self.sink_keys = self.sink_values = None  # the first `sink` tokens, kept in full precision
 
     def quantized_tokens(self) -> int:
-        return 0 if self.qk is None else self.qk.shape[-2]
+        """Tokens outside the full-precision residual: the sink tokens and the packed store."""
+        sink = 0 if self.sink_keys is None else self.sink_keys.shape[-2]
+        return sink + (0 if self.qk is None else self.qk.shape[-2])
 
     def held(self) -> int:
         return self.quantized_tokens() + super().held()
@@ -110,6 +113,11 @@ class QuantizedLayer(EvictingLayer):
     def _flush(self) -> None:
         """Move the oldest whole groups beyond the residual from the full-precision buffer to the store."""
         n = super().held() - self.residual
+        if self.sink and self.sink_keys is None and n > 0:  # the first flush: the sink tokens stay as they are
+            s = min(self.sink, n)
+            self.sink_keys, self.sink_values = self.keys[..., :s, :].clone(), self.values[..., :s, :].clone()
+            self.keys, self.values = self.keys[..., s:, :].contiguous(), self.values[..., s:, :].contiguous()
+            n -= s
         n -= n % self.group
         if n <= 0:
             return
@@ -128,14 +136,17 @@ class QuantizedLayer(EvictingLayer):
         if self.is_initialized:
             self._flush()
         keys, values = super().update(key_states, value_states, *args, **kwargs)
-        if self.qk is None:
-            return keys, values
-        dk = dequantize_keys(self.qk, self.ks, self.kz, self.bits, keys.dtype)
-        dv = dequantize_values(self.qv, self.vs, self.vz, self.bits, values.dtype)
-        return torch.cat([dk, keys], dim=-2), torch.cat([dv, values], dim=-2)
+        ks, vs = [keys], [values]
+        if self.qk is not None:
+            ks.insert(0, dequantize_keys(self.qk, self.ks, self.kz, self.bits, keys.dtype))
+            vs.insert(0, dequantize_values(self.qv, self.vs, self.vz, self.bits, values.dtype))
+        if self.sink_keys is not None:
+            ks.insert(0, self.sink_keys)
+            vs.insert(0, self.sink_values)
+        return (keys, values) if len(ks) == 1 else (torch.cat(ks, dim=-2), torch.cat(vs, dim=-2))
 
     def keep(self, indices: torch.Tensor) -> None:
-        if self.qk is not None:
+        if self.quantized_tokens():
             raise InputError("this quantized KV cache already holds a compressed prompt: evicting from it again (a "
                              "second prompt on the same cache) is not supported; start a new cache per prompt")
         super().keep(indices)
@@ -143,3 +154,4 @@ class QuantizedLayer(EvictingLayer):
     def reset(self) -> None:
         super().reset()
         self.qk = self.ks = self.kz = self.qv = self.vs = self.vz = None
+        self.sink_keys = self.sink_values = None

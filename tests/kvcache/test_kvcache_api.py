@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 import compresskit
@@ -75,7 +77,11 @@ def test_a_policy_saved_with_the_model_comes_back_with_it(tiny_dir, tmp_path):
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "config.json").read_text())
     assert saved["compresskit_kv"]["name"] == "streaming:0.5" and saved["quantization_config"]["evaluation"]["gate"]
-    assert "streaming:0.5" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "streaming:0.5" in card and "## KV cache at long context" in card
+    rows = saved["compresskit_kv"]["memory"]["rows"]
+    assert [r["tokens"] for r in rows] == [4096, 8192, 32768] and all(r["policy"] * 2 < r["full"] * 1.01 for r in rows)
+    assert f"| 32,768 | {rows[2]['full'] / 1e6:.1f} MB | {rows[2]['policy'] / 1e6:.1f} MB (0.50x)" in card
     model, _ = compresskit.load_model(str(out))
     assert compresskit.api.attached_policy(model).name == "streaming:0.5"
     assert [p.kind for p in compresskit.record(model).passes] == ["quantize", "kv"]
@@ -95,3 +101,34 @@ def test_the_kv_pass_runs_from_the_api_and_a_recipe(tiny_dir, tmp_path):
     result = compresskit.run_recipe(recipe)
     assert result.ran == ["kv", "save"]
     assert json.loads((tmp_path / "out" / "config.json").read_text())["compresskit_kv"]["name"] == "tova:0.5+kivi:4"
+
+
+@pytest.mark.parametrize("spec", [None, "snapkv:0.5", "ada-tova:0.5", "kivi:4", "snapkv:0.5+kivi:2"])
+def test_layout_bytes_equal_a_real_cache_after_a_prompt(tiny_dir, spec):
+    """`kv_memory` (measured on the layout, no model run) against a cache after a real 200-token prompt and
+    one generated token."""
+    import torch
+
+    model, tok = compresskit.load_model(str(tiny_dir))
+    c = model.config
+    policy = compresskit.api.KVPolicy.parse(spec or "streaming:0")
+    cache = policy.make_cache(c.num_hidden_layers, c.num_attention_heads // c.num_key_value_heads)
+    ids = torch.randint(3, 300, (1, 200), generator=torch.Generator().manual_seed(0))
+    with compresskit.compress_kv(model, policy):
+        model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0, cache=cache)
+    row = compresskit.api.kv_memory(model, spec, lengths=(200,), dtype="float32")["rows"][0]
+    assert compresskit.api.cache_bytes(cache) == (row["policy"] if spec else row["full"])
+
+
+def test_eval_command_scores_retrieval_heads_and_the_kv_pass_saves_them(tiny_dir, tmp_path):
+    args = ["eval", str(tiny_dir), "--tasks", "passkey", "--lengths", "200", "--passkey-trials", "1", "--no-cache"]
+    result = CliRunner().invoke(app, [*args, "--kv", "retrieval-heads:0.5"])
+    assert result.exit_code == 0, result.output
+    assert "retrieval-heads:0.5" in result.output
+    model, tok = compresskit.load_model(str(tiny_dir))
+    out = tmp_path / "rh"
+    compresskit.apply(model, "kv", tokenizer=tok, press="retrieval-heads", ratio=0.5)
+    heads = compresskit.api.attached_policy(model).options["heads"]
+    compresskit.save(model, tok, out)
+    again, _ = compresskit.load_model(str(out))
+    assert heads and compresskit.api.attached_policy(again).options["heads"] == heads  # saved, not scored again

@@ -136,7 +136,7 @@ def test_measured_bytes_are_the_tensors_held(model):
     ("snapkv:0.5,size=3", "snapkv has no option(s) ['size']"),
     ("snapkv:0.5+tova:0.5", "one eviction press at most"),
     ("kivi:3", "bits=3 is not supported; use 2, 4 or 8"),
-    ("kivi:4,window=2", "kivi takes the bits (2, 4, 8) and the options group, residual"),
+    ("kivi:4,window=2", "kivi takes the bits (2, 4, 8) and the options group, residual, sink"),
 ])
 def test_bad_policies_are_one_clear_error(spec, needle):
     with pytest.raises(ConfigError) as e:

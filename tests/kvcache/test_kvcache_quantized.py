@@ -12,6 +12,7 @@ from compresskit.kvcache import (
     quantize_values,
 )
 from compresskit.kvcache.quantized import pack_uint8, unpack_uint8
+from transformers.cache_utils import Cache
 
 IDS = torch.randint(0, 300, (1, 200), generator=torch.Generator().manual_seed(1))
 
@@ -61,6 +62,22 @@ def test_the_layer_keeps_the_recent_tokens_exact_and_counts_its_bytes():
     assert held == expected
 
 
+def test_the_sink_tokens_stay_exact_and_are_counted():
+    layer = QuantizedLayer(bits=2, group=32, residual=64, sink=4)
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(1, 2, 150, 64, generator=g), torch.randn(1, 2, 150, 64, generator=g)
+    layer.update(k, v)
+    keys, values = layer.update(torch.zeros(1, 2, 1, 64), torch.zeros(1, 2, 1, 64))
+    # 150 - 64 residual = 86 beyond it: 4 sink tokens kept exact, then 2 whole groups (64) packed, 18 left
+    assert layer.quantized_tokens() == 4 + 64 and layer.held() == 151
+    assert torch.equal(keys[..., :4, :], k[..., :4, :]) and torch.equal(values[..., :4, :], v[..., :4, :])
+    assert torch.equal(keys[..., 68:150, :], k[..., 68:, :]) and not torch.equal(keys[..., 4:68, :], k[..., 4:68, :])
+    held = cache_bytes(Cache(layers=[layer]))
+    fp32 = (4 + 83) * 2 * 64 * 2 * 4  # sink + residual, keys and values
+    packed = 2 * (64 * 2 * 64 // 4) + 2 * 2 * (2 * 2 * 64) + 2 * 2 * (64 * 2 * 2)  # codes, scales and minima
+    assert held == fp32 + packed
+
+
 def test_generation_with_kivi4_stays_close_and_kivi2_runs_smaller():
     model = make_tiny_model("llama", num_hidden_layers=2)
     with torch.no_grad():
@@ -90,7 +107,7 @@ def test_eviction_and_quantization_compose():
         model(IDS, cache=cache, use_cache=True)
         model(IDS[:, -1:], cache=cache, use_cache=True)
     layer = cache.layers[0]
-    assert layer.held() == 101 and layer.quantized_tokens() == 64 and layer.get_seq_length() == 201
+    assert layer.held() == 101 and layer.quantized_tokens() == 4 + 64 and layer.get_seq_length() == 201  # sinks + 2 groups
 
 
 def test_bad_quantized_cache_settings():
@@ -100,12 +117,15 @@ def test_bad_quantized_cache_settings():
         KVPolicy(press=None)
 
 
-def test_a_second_prompt_on_a_quantized_cache_is_refused():
+def test_text_after_the_compressed_prompt_is_kept_whole_and_the_store_refuses_a_second_eviction():
     model = make_tiny_model("llama", num_hidden_layers=2)
     policy = KVPolicy.parse("snapkv:0.5+kivi:4,residual=32")
     cache = policy.make_cache(2)
     with torch.no_grad(), compress_kv(model, policy):
         model(IDS, cache=cache, use_cache=True)
         model(IDS[:, -1:], cache=cache, use_cache=True)  # quantizes the oldest groups
-        with pytest.raises(InputError, match="second prompt on the same cache"):
-            model(IDS[:, :40], cache=cache, use_cache=True)
+        held = cache.layers[0].held()
+        model(IDS[:, :40], cache=cache, use_cache=True)  # more text: appended, not evicted again
+    assert cache.layers[0].held() == held + 40 and cache.layers[0].get_seq_length() == 241
+    with pytest.raises(InputError, match="second prompt on the same cache"):
+        cache.layers[0].keep(torch.zeros(1, 2, 4, dtype=torch.long))
