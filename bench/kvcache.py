@@ -57,10 +57,10 @@ def main() -> None:
         tasks=[t for t in args.tasks.split(",") if t], trials=args.trials, continuation=args.continuation,
         progress=lambda n, msg=None: print(f"  done: {msg} ({time.perf_counter() - t0:.0f} s)", flush=True))
     plots = sweep.plot(Path(args.out).parent / f"{Path(args.out).name}_plots")
-    note = (f"\n\n{args.model}, fp32 on CPU ({torch.get_num_threads()} threads), {args.trials} passkey trials / needle "
-            f"samples per task and length. Scores in %; continuation ppl: perplexity of the {args.continuation} "
-            "held-out tokens after a context of that length compressed by the policy; cache MB: bytes of the "
-            "tensors the cache holds (fp32) after the prompt and after 16 generated tokens; prefill s: the "
+    note = (f"\n\n{args.model}, fp32 on CPU, {torch.get_num_threads()} torch thread(s), {args.trials} passkey "
+            f"trials / needle samples per task and length. Scores in %; continuation ppl: perplexity of the "
+            f"{args.continuation} held-out tokens after a context of that length compressed by the policy; cache MB: "
+            "bytes of the tensors the cache holds (fp32) after the prompt and after 16 generated tokens; prefill s: the "
             "prompt's forward with the policy's scoring; decode tok/s: median of 16 single-token steps. "
             f"Total {time.perf_counter() - t0:.0f} s. Plots: {', '.join(p.name for p in plots)}.\n")
     write_results(args.out, sweep.table() + note, {"args": vars(args), **sweep.to_dict()}, echo=True)

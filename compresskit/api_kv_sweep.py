@@ -57,8 +57,8 @@ class KVSweep:
 
     def table(self) -> str:
         """Markdown: one row per policy and length (the full cache first)."""
-        head = ["policy", "length", *(f"{t} %" for t in self.tasks), "continuation ppl", "cache MB (prompt)", "cache MB (end)",
-                "prefill s", "decode tok/s"]
+        head = ["policy", "length", *(f"{t} %" for t in self.tasks), "continuation ppl", "cache MB (prompt)",
+                "cache MB (end)", "prefill s", "decode tok/s"]
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in sorted(self.rows, key=lambda r: (r.length, r.policy != FULL)):
             mb = [None if b is None else b / 1e6 for b in (r.bytes_prompt, r.bytes_end)]

@@ -141,11 +141,14 @@ def _tensors(value: Any) -> list[torch.Tensor]:
         return [value]
     if isinstance(value, (list, tuple)):
         return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):  # e.g. the scales and zeros other quantized caches keep beside their codes
+        return [t for v in value.values() for t in _tensors(v)]
     return []
 
 
 def cache_bytes(cache: Cache) -> int:
-    """Bytes held by the cache's tensors now: keys, values and every other tensor a layer keeps (per-head
-    stores, the packed codes, scales and minima of a quantized layer)."""
+    """Bytes held by the cache's tensors now: keys, values and every other tensor a layer keeps, also inside
+    lists, tuples and dicts (per-head stores, the packed codes, scales and minima of a quantized layer).
+    Tensor subclasses (optimum-quanto's) count at their logical size, not their packed one."""
     return sum(t.numel() * t.element_size() for layer in cache.layers for v in vars(layer).values()
                for t in _tensors(v))

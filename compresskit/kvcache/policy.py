@@ -39,7 +39,8 @@ class KVPolicy(JsonConfig):
     ``interval``: while generating, evict back to the size held after the prompt every ``interval`` new tokens
     (None: only at prefill); ``tail``: in ``generate``, the last ``tail`` prompt tokens are read after the rest
     was compressed, as a question that arrives after its context (question-agnostic compression; 0: the whole
-    prompt is compressed at once, a question at its end inside the scoring window); and ``bits`` (2, 4, 8; None: full precision) for a KIVI-style quantized cache with
+    prompt is compressed at once, a question at its end inside the scoring window); and ``bits`` (2, 4, 8;
+    None: full precision) for a KIVI-style quantized cache with
     ``group``, the ``residual`` most recent tokens and the first ``sink`` tokens in full precision (the
     attention sinks: keeping 4 halved KIVI-2's perplexity increase on SmolLM2-135M, docs/kvcache.md)."""
 

@@ -129,7 +129,8 @@ class QuantizedLayer(EvictingLayer):
             self.qk, self.ks, self.kz, self.qv, self.vs, self.vz = parts
         else:
             old = (self.qk, self.ks, self.kz, self.qv, self.vs, self.vz)
-            self.qk, self.ks, self.kz, self.qv, self.vs, self.vz = (torch.cat([a, b], dim=2) for a, b in zip(old, parts))
+            self.qk, self.ks, self.kz, self.qv, self.vs, self.vz = (torch.cat([a, b], dim=2)
+                                                                    for a, b in zip(old, parts))
         self.keys, self.values = self.keys[..., n:, :].contiguous(), self.values[..., n:, :].contiguous()
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):

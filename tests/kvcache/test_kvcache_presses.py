@@ -177,3 +177,11 @@ def test_a_compressed_cache_refuses_cropping(model):
         model(IDS, cache=cache, use_cache=True)
     with pytest.raises(InputError, match="cannot be cropped"):
         cache.crop(-1)
+
+
+def test_cache_bytes_count_tensors_inside_lists_tuples_and_dicts():
+    layer = DynamicLayer()
+    layer.keys = torch.zeros(2, 3)  # 24 bytes
+    layer.codes = (torch.zeros(4, dtype=torch.uint8), {"scale": torch.zeros(2, dtype=torch.float16)})  # 4 + 4
+    layer.heads = [torch.zeros(1, dtype=torch.float64)]  # 8
+    assert cache_bytes(Cache(layers=[layer])) == 24 + 4 + 4 + 8
