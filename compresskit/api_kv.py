@@ -18,8 +18,9 @@ from .core.arch import get_arch
 from .core.errors import ConfigError
 from .eval.passkey import KEY_MAX, KEY_MIN, passkey_prompt
 from .core.record import record_of
-from .kvcache import KVPolicy, attached_policy, layout_bytes
+from .kvcache import KVPolicy, cache_shape, layout_bytes
 from .kvcache import attach_kv as _attach_kv
+from .kvcache import compress_kv as _compress_kv
 from .prune import answer_loss_scores, probe_from_answer
 
 PROBE_LENGTH, PROBE_SAMPLES = 2048, 4
@@ -50,8 +51,7 @@ def kv_head_scores(model: nn.Module, tokenizer: Any, *, length: int = PROBE_LENG
     spec = get_arch(model)
     scores = answer_loss_scores(model, spec, passkey_probes(model, tokenizer, length, samples, seed),
                                 progress=progress)
-    n_kv = model.config.num_key_value_heads
-    return scores.view(scores.shape[0], n_kv, -1).sum(-1)
+    return scores.view(scores.shape[0], cache_shape(model.config)["kv_heads"], -1).sum(-1)
 
 
 def resolve_kv(model: nn.Module, tokenizer: Any, policy: "str | KVPolicy | dict | None", *,
@@ -86,12 +86,8 @@ def compress_kv(model: nn.Module, policy: "str | KVPolicy | dict", tokenizer: An
     (``"snapkv:0.5"``, ``"ada-snapkv:0.5"``, ``"tova:0.5,interval=256"``, ``"retrieval-heads:0.5"`` (needs
     ``tokenizer``), ``"kivi:4"``, ``"snapkv:0.5+kivi:4"``) and decodes at the original positions; on exit the
     model has the policy it had before."""
-    before = attached_policy(model)
-    _attach_kv(model, resolve_kv(model, tokenizer, policy))
-    try:
-        yield attached_policy(model)
-    finally:
-        _attach_kv(model, before)
+    with _compress_kv(model, resolve_kv(model, tokenizer, policy)) as attached:
+        yield attached
 
 
 def kv_memory(model: nn.Module, policy: "str | KVPolicy | dict | None", lengths: tuple[int, ...] = CARD_LENGTHS,
@@ -100,14 +96,11 @@ def kv_memory(model: nn.Module, policy: "str | KVPolicy | dict | None", lengths:
     generated token), measured on the cache layout (`compresskit.kvcache.layout_bytes`) in ``dtype`` (default:
     the checkpoint's storage dtype, else the model's): ``{"dtype", "rows": [{"tokens", "full", "policy"}]}``."""
     policy = KVPolicy.parse(policy) if policy is not None else None
-    c = model.config
     name = dtype or record_of(model).source.dtype or str(next(model.parameters()).dtype).removeprefix("torch.")
     torch_dtype = getattr(torch, name, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ConfigError(f"dtype {name!r} is not a torch dtype (e.g. bfloat16, float32)")
-    shape = dict(layers=c.num_hidden_layers, kv_heads=c.num_key_value_heads,
-                 head_dim=getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-                 groups=c.num_attention_heads // c.num_key_value_heads, dtype=torch_dtype)
+    shape = {**cache_shape(model.config), "dtype": torch_dtype}
     rows = [{"tokens": n, "full": layout_bytes(None, tokens=n, **shape),
              "policy": layout_bytes(policy, tokens=n, **shape) if policy is not None else None} for n in lengths]
     return {"dtype": name, "rows": rows}

@@ -121,10 +121,7 @@ def _prompt(tokenizer: Any, tokens: int, text: str | None = None) -> torch.Tenso
 
 
 def _cache(model: nn.Module, policy: KVPolicy | None):
-    c = model.config
-    if policy is None:
-        return DynamicCache()
-    return policy.make_cache(c.num_hidden_layers, c.num_attention_heads // c.num_key_value_heads)
+    return DynamicCache() if policy is None else policy.cache_for(model)
 
 
 def _feed(model: nn.Module, cache: Any, ids: torch.Tensor, one_at_a_time: bool) -> torch.Tensor:

@@ -86,6 +86,11 @@ class KVPolicy(JsonConfig):
         """Whether KV heads keep different counts (the per-head layout of `EvictingLayer`)."""
         return self.budget == "adaptive" or self.press == "retrieval-heads"
 
+    def cache_for(self, model: Any) -> Cache:
+        """An empty cache of this policy sized for ``model``."""
+        shape = cache_shape(model.config)
+        return self.make_cache(shape["layers"], shape["groups"])
+
     def make_cache(self, num_layers: int, groups: int = 1) -> Cache:
         """An empty cache for ``model.generate(..., cache=...)``: evicting layers, quantized if ``bits``
         (``groups``: query heads per KV head)."""
@@ -193,6 +198,14 @@ def _parse_part(text: str, part: str) -> tuple[str, float, dict[str, Any]]:
     return name.strip(), ratio, options
 
 
+def cache_shape(config: Any) -> dict[str, int]:
+    """``layers``, ``kv_heads``, ``head_dim`` and ``groups`` (query heads per KV head) of a model config."""
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return {"layers": config.num_hidden_layers, "kv_heads": kv_heads, "groups": heads // kv_heads,
+            "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads}
+
+
 def check_model(model: Any) -> None:
     """Refuse models whose attention an evicting cache does not fit (sliding windows)."""
     get_arch(model)
@@ -289,8 +302,7 @@ def attach_kv(model: Any, policy: "str | KVPolicy | dict[str, Any] | None") -> K
                          "model with attn_implementation='sdpa' (compresskit.load_model does)")
     if press is not None:
         press.check_ready()
-    config = model.config
-    groups = config.num_attention_heads // (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    groups = cache_shape(model.config)["groups"]
     handles = [] if press is None else [
         get_module(block, spec.attention).register_forward_hook(_compress_hook(press, policy, len(blocks)),
                                                                 with_kwargs=True)
