@@ -63,7 +63,7 @@ def make_cache(model, config: str):
         backend, nbits = config[3:].split(":")
         return QuantizedCache(backend, model.config, nbits=int(nbits))
     if config.startswith("kivi"):
-        return compresskit.api.KVPolicy.parse(config).make_cache(len(model.model.layers))
+        return compresskit.api.KVPolicy.parse(config).cache_for(model)
     return None
 
 

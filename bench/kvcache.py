@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=5, help="passkey trials and RULER samples per length")
     ap.add_argument("--continuation", type=int, default=256, help="tokens of the continuation perplexity")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-timing", action="store_true", help="skip cache bytes, prefill time and decode speed")
     ap.add_argument("--out", default="bench/results/kvcache")
     args = ap.parse_args()
 
@@ -55,6 +56,7 @@ def main() -> None:
     sweep = compresskit.api.kv_sweep(
         model, tok, args.policies.split(";"), lengths=[int(n) for n in args.lengths.split(",")],
         tasks=[t for t in args.tasks.split(",") if t], trials=args.trials, continuation=args.continuation,
+        timing=not args.no_timing,
         progress=lambda n, msg=None: print(f"  done: {msg} ({time.perf_counter() - t0:.0f} s)", flush=True))
     plots = sweep.plot(Path(args.out).parent / f"{Path(args.out).name}_plots")
     note = (f"\n\n{args.model}, fp32 on CPU, {torch.get_num_threads()} torch thread(s), {args.trials} passkey "

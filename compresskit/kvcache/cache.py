@@ -149,6 +149,7 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 def cache_bytes(cache: Cache) -> int:
     """Bytes held by the cache's tensors now: keys, values and every other tensor a layer keeps, also inside
     lists, tuples and dicts (per-head stores, the packed codes, scales and minima of a quantized layer).
-    Tensor subclasses (optimum-quanto's) count at their logical size, not their packed one."""
-    return sum(t.numel() * t.element_size() for layer in cache.layers for v in vars(layer).values()
-               for t in _tensors(v))
+    Tensor subclasses (optimum-quanto's) count at their logical size, not their packed one. Attributes a layer
+    names in ``shared`` hold the model's tensors (rotary frequencies), not the cache's, and are not counted."""
+    return sum(t.numel() * t.element_size() for layer in cache.layers for k, v in vars(layer).items()
+               if k not in getattr(layer, "shared", ()) for t in _tensors(v))

@@ -22,7 +22,7 @@ def layout_bytes(policy: KVPolicy | None, *, layers: int, kv_heads: int, head_di
     g = torch.Generator().manual_seed(0)
     total = 0
     for i in range(layers):
-        layer = policy.make_cache(1, groups).layers[0]
+        layer = policy.make_cache(1, groups, rope=torch.ones(head_dim // 2)).layers[0]  # rope: as a RoPE model
         prompt = torch.zeros(1, kv_heads, tokens, head_dim, dtype=dtype)
         layer.update(prompt, prompt)
         if press is not None and press.ratio > 0:

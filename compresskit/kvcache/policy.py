@@ -42,7 +42,9 @@ class KVPolicy(JsonConfig):
     prompt is compressed at once, a question at its end inside the scoring window); and ``bits`` (2, 4, 8;
     None: full precision) for a KIVI-style quantized cache with
     ``group``, the ``residual`` most recent tokens and the first ``sink`` tokens in full precision (the
-    attention sinks: keeping 4 halved KIVI-2's perplexity increase on SmolLM2-135M, docs/kvcache.md)."""
+    attention sinks: keeping 4 halved KIVI-2's perplexity increase on SmolLM2-135M, docs/kvcache.md), keys
+    quantized before RoPE (``prerope``, where the model's rotary frequencies are fixed) with ``outliers`` exact
+    entries per key group (None: ``group // 2`` at 2 bits, none at 4 and 8; KVQuant's dense-and-sparse keys)."""
 
     press: str | None = "snapkv"
     ratio: float = 0.5
@@ -55,12 +57,14 @@ class KVPolicy(JsonConfig):
     group: int = 32
     residual: int = 128
     sink: int = 4
+    outliers: int | None = None
+    prerope: bool = True
     version: int = POLICY_VERSION
 
     def __post_init__(self) -> None:
         press = self.build()  # every check of the press (known name, ratio range, its options) now
         if self.bits is not None:
-            QuantizedLayer(self.bits, self.group, self.residual, self.sink)  # and of the quantized cache
+            self._quantized_layer(None)  # and of the quantized cache
         elif press is None:
             raise ConfigError("a KV policy needs a press (snapkv:0.5), a quantized cache (kivi:4), or both")
         if self.budget not in BUDGETS:
@@ -86,18 +90,29 @@ class KVPolicy(JsonConfig):
         """Whether KV heads keep different counts (the per-head layout of `EvictingLayer`)."""
         return self.budget == "adaptive" or self.press == "retrieval-heads"
 
-    def cache_for(self, model: Any) -> Cache:
-        """An empty cache of this policy sized for ``model``."""
-        shape = cache_shape(model.config)
-        return self.make_cache(shape["layers"], shape["groups"])
+    @property
+    def key_outliers(self) -> int:
+        """Exact key entries per packed group (`outliers`, or its default for the bits)."""
+        if self.outliers is not None:
+            return self.outliers
+        return self.group // 2 if self.bits == 2 else 0
 
-    def make_cache(self, num_layers: int, groups: int = 1) -> Cache:
+    def cache_for(self, model: Any) -> Cache:
+        """An empty cache of this policy sized for ``model`` (with its rotary frequencies for ``prerope``)."""
+        shape = cache_shape(model.config)
+        return self.make_cache(shape["layers"], shape["groups"], rope=rotary_frequencies(model))
+
+    def make_cache(self, num_layers: int, groups: int = 1, rope: torch.Tensor | None = None) -> Cache:
         """An empty cache for ``model.generate(..., cache=...)``: evicting layers, quantized if ``bits``
-        (``groups``: query heads per KV head)."""
+        (``groups``: query heads per KV head; ``rope``: the model's rotary frequencies, which ``prerope``
+        needs - without them keys are quantized after RoPE, as KIVI does)."""
         if self.bits is None:
             return evicting_cache(num_layers, groups)
-        return Cache(layers=[QuantizedLayer(self.bits, self.group, self.residual, self.sink)
-                             for _ in range(num_layers)])
+        return Cache(layers=[self._quantized_layer(rope) for _ in range(num_layers)])
+
+    def _quantized_layer(self, rope: torch.Tensor | None) -> QuantizedLayer:
+        return QuantizedLayer(self.bits, self.group, self.residual, self.sink, self.key_outliers,
+                              rope if self.prerope else None)
 
     def build(self) -> Press | None:
         if self.press is None:
@@ -124,8 +139,9 @@ class KVPolicy(JsonConfig):
         prefix = "ada-" if self.budget == "adaptive" else ""
         parts = [] if self.press is None else [f"{prefix}{self.press}:{self.ratio:g}{opts}"]
         if self.bits is not None:
-            extra = "".join(f",{k}={getattr(self, k)}" for k, d in (("group", 32), ("residual", 128), ("sink", 4))
-                            if getattr(self, k) != d)
+            extra = "".join(f",{k}={int(getattr(self, k))}" for k, d in (
+                ("group", 32), ("residual", 128), ("sink", 4), ("outliers", None), ("prerope", True))
+                if getattr(self, k) != d)
             parts.append(f"kivi:{self.bits}{extra}")
         return "+".join(parts)
 
@@ -156,10 +172,14 @@ class KVPolicy(JsonConfig):
             if name == "kivi":
                 if "bits" in fields_:
                     raise ConfigError(f"KV policy {text!r}: one quantized cache (kivi:BITS) at most")
-                unknown = set(options) - {"group", "residual", "sink"}
+                unknown = set(options) - {"group", "residual", "sink", "outliers", "prerope"}
                 if unknown or ratio != int(ratio):
                     raise ConfigError(f"KV policy {text!r}: kivi takes the bits (2, 4, 8) and the options group, "
-                                      f"residual, sink, e.g. kivi:4 or kivi:2,residual=64")
+                                      f"residual, sink, outliers, prerope (0 or 1), e.g. kivi:4 or kivi:2,residual=64")
+                if "prerope" in options:
+                    if options["prerope"] not in (0, 1):
+                        raise ConfigError(f"KV policy {text!r}: prerope is 0 (keys quantized after RoPE) or 1")
+                    options["prerope"] = bool(options["prerope"])
                 fields_ |= {"bits": int(ratio), **options}
             else:
                 if fields_["press"] is not None:
@@ -204,6 +224,22 @@ def cache_shape(config: Any) -> dict[str, int]:
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     return {"layers": config.num_hidden_layers, "kv_heads": kv_heads, "groups": heads // kv_heads,
             "head_dim": getattr(config, "head_dim", None) or config.hidden_size // heads}
+
+
+def rotary_frequencies(model: Any) -> torch.Tensor | None:
+    """The model's RoPE frequencies ``[head_dim / 2]``, when they stay fixed while it runs (default, linear,
+    llama3, yarn rope types rotating the whole head); None otherwise (dynamic or longrope scaling, partial
+    rotary, no RoPE), and a quantized cache then quantizes keys after RoPE."""
+    config = model.config
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) in ("dynamic", "longrope"):
+        return None
+    head_dim = cache_shape(config)["head_dim"]
+    for module in model.modules():
+        inv_freq = getattr(module, "inv_freq", None)
+        if isinstance(inv_freq, torch.Tensor):
+            return inv_freq.detach().float() if inv_freq.numel() * 2 == head_dim else None
+    return None
 
 
 def check_model(model: Any) -> None:
@@ -302,7 +338,6 @@ def attach_kv(model: Any, policy: "str | KVPolicy | dict[str, Any] | None") -> K
                          "model with attn_implementation='sdpa' (compresskit.load_model does)")
     if press is not None:
         press.check_ready()
-    groups = cache_shape(model.config)["groups"]
     handles = [] if press is None else [
         get_module(block, spec.attention).register_forward_hook(_compress_hook(press, policy, len(blocks)),
                                                                 with_kwargs=True)
@@ -316,7 +351,7 @@ def attach_kv(model: Any, policy: "str | KVPolicy | dict[str, Any] | None") -> K
             raise InputError("KV-cache compression with a padded batch is not supported: generate one prompt at a "
                              "time (or pass prompts of equal length without padding)")
         if kwargs.get("past_key_values") is None and kwargs.get("cache") is None:
-            kwargs["cache"] = policy.make_cache(len(blocks), groups)
+            kwargs["cache"] = policy.cache_for(model)
         if policy.tail:
             _read_context_first(model, policy, kwargs.get("cache", kwargs.get("past_key_values")),
                                 args[0] if args else kwargs.get("input_ids"))

@@ -110,9 +110,8 @@ def test_layout_bytes_equal_a_real_cache_after_a_prompt(tiny_dir, spec):
     import torch
 
     model, tok = compresskit.load_model(str(tiny_dir))
-    c = model.config
     policy = compresskit.api.KVPolicy.parse(spec or "streaming:0")
-    cache = policy.make_cache(c.num_hidden_layers, c.num_attention_heads // c.num_key_value_heads)
+    cache = policy.cache_for(model)  # with the model's rotary frequencies: kivi keeps positions after eviction
     ids = torch.randint(3, 300, (1, 200), generator=torch.Generator().manual_seed(0))
     with compresskit.compress_kv(model, policy):
         model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0, cache=cache)

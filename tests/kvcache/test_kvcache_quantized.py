@@ -9,7 +9,7 @@ from conftest import make_tiny_model
 from compresskit.core.errors import ConfigError, InputError
 from compresskit.kvcache import (
     KVPolicy, QuantizedLayer, cache_bytes, compress_kv, dequantize_keys, dequantize_values, quantize_keys,
-    quantize_values,
+    quantize_values, restore_outliers, rotary_frequencies, rotate, split_outliers,
 )
 from compresskit.kvcache.quantized import pack_uint8, unpack_uint8
 from transformers.cache_utils import Cache
@@ -130,3 +130,88 @@ def test_text_after_the_compressed_prompt_is_kept_whole_and_the_store_refuses_a_
     assert cache.layers[0].held() == held + 40 and cache.layers[0].get_seq_length() == 241
     with pytest.raises(InputError, match="second prompt on the same cache"):
         cache.layers[0].keep(torch.zeros(1, 2, 4, dtype=torch.long))
+
+
+def _keys_with_offsets(t: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    offsets = torch.zeros(16)
+    offsets[[1, 9]] = torch.tensor([6.0, -5.0])  # steady channel offsets, as real pre-RoPE keys have
+    return torch.randn(1, 2, t, 16, generator=g) + offsets
+
+
+def test_rotate_is_transformers_rope_and_its_inverse():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model = make_tiny_model("llama", num_hidden_layers=1)
+    inv_freq = rotary_frequencies(model)
+    k = torch.randn(1, 2, 10, inv_freq.numel() * 2)
+    positions = torch.arange(5, 15)
+    cos, sin = model.model.rotary_emb(k, positions[None])
+    _, reference = apply_rotary_pos_emb(k, k, cos, sin)
+    assert torch.allclose(rotate(k, positions, inv_freq), reference, atol=1e-5)
+    assert torch.allclose(rotate(rotate(k, positions, inv_freq), positions, inv_freq, -1.0), k, atol=1e-5)
+    per_head = positions.expand(1, 2, 10)  # positions per (batch, head), as after eviction
+    assert torch.allclose(rotate(k, per_head, inv_freq), reference, atol=1e-5)
+
+
+def test_outliers_are_the_entries_farthest_from_their_channel_median_and_come_back_exact():
+    k = _keys_with_offsets(64)
+    k[0, 1, 40, 3] = 30.0  # a spike in the second group of head 1
+    inliers, index, exact = split_outliers(k, 32, 4)
+    assert index.shape == (1, 2, 2, 4) and index.dtype == torch.int16 and exact.dtype == torch.float16
+    assert 8 * 16 + 3 in index[0, 1, 1].tolist()  # token 40 = 8th of its group, channel 3
+    assert inliers[0, 1, 40, 3].abs() < 5 and torch.equal(restore_outliers(inliers, index, exact.float()),
+                                                          k.half().float().where(inliers != k, k))
+    # with the spike set aside, the group's 2-bit keys are closer than with it stretching channel 3's range
+    plain = dequantize_keys(*quantize_keys(k, 2, 32), 2, torch.float32)
+    split = restore_outliers(dequantize_keys(*quantize_keys(inliers, 2, 32), 2, torch.float32), index, exact)
+    assert (split - k).pow(2).mean() < (plain - k).pow(2).mean()
+
+
+@pytest.mark.parametrize("evict", [False, True])
+def test_prerope_keys_come_back_at_their_own_positions(evict):
+    """8-bit keys quantized before RoPE come back within a small error of the rotated keys; a position off by
+    one (e.g. taken from the cache length after eviction) would rotate them far off."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 16, 2).float() / 16))
+    pre = _keys_with_offsets(150)
+    post = rotate(pre, torch.arange(150), inv_freq)
+    layer = QuantizedLayer(bits=8, group=32, residual=32, sink=4, outliers=2, rope=inv_freq)
+    layer.update(post, post)
+    expected = post
+    if evict:
+        kept = torch.stack([torch.arange(0, 150, 2), torch.arange(1, 150, 2)])[None]  # each head its own tokens
+        layer.keep(kept)
+        expected = post.gather(2, kept.unsqueeze(-1).expand(-1, -1, -1, 16))
+    step = rotate(_keys_with_offsets(1, seed=1), torch.tensor([150]), inv_freq)
+    keys, _ = layer.update(step, step)
+    assert layer.quantized_tokens() > 32 and (layer.store_positions is not None) == evict
+    assert (keys[..., :-1, :] - expected).abs().max() < 0.1 and torch.equal(keys[..., -1:, :], step)
+    shifted = rotate(rotate(expected, torch.arange(1, 151)[: expected.shape[2]], inv_freq, -1.0),
+                     torch.arange(expected.shape[2]), inv_freq)
+    assert (shifted - expected).abs().max() > 1.0  # what a wrong position costs
+
+
+def test_prerope_and_outliers_make_2bit_keys_closer():
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, 16, 2).float() / 16))
+    post = rotate(_keys_with_offsets(256), torch.arange(256), inv_freq)
+    errors = {}
+    for name, rope, outliers in (("kivi", None, 0), ("prerope", inv_freq, 0), ("prerope+outliers", inv_freq, 16)):
+        layer = QuantizedLayer(bits=2, group=32, residual=0, outliers=outliers, rope=rope)
+        layer.update(post, post)
+        keys, _ = layer.update(post[..., :1, :], post[..., :1, :])
+        errors[name] = (keys[..., :256, :] - post).pow(2).mean().item()
+    assert errors["prerope+outliers"] < errors["prerope"] < errors["kivi"], errors
+
+
+def test_kivi_options_parse_name_and_serialize():
+    policy = KVPolicy.parse("kivi:2,outliers=4,prerope=0")
+    assert policy.key_outliers == 4 and policy.prerope is False and policy.name == "kivi:2,outliers=4,prerope=0"
+    assert KVPolicy.from_json(policy.to_json()) == policy == KVPolicy.parse(policy.name)
+    assert KVPolicy.parse("kivi:2").key_outliers == 16 and KVPolicy.parse("kivi:4").key_outliers == 0
+    model = make_tiny_model("llama", num_hidden_layers=2)
+    assert KVPolicy.parse("kivi:2").cache_for(model).layers[0].rope is not None
+    assert policy.cache_for(model).layers[0].rope is None
+    with pytest.raises(ConfigError, match="prerope is 0"):
+        KVPolicy.parse("kivi:2,prerope=2")
+    with pytest.raises(ConfigError, match="outliers=-1"):
+        KVPolicy.parse("kivi:2,outliers=-1")
