@@ -17,14 +17,11 @@ each inner tensor's numel x element_size counted once. compresskit's ``cache_byt
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from _results import write_results  # bench/_results.py (scripts run by path)
 
-# bench/kernels.py would shadow the `kernels` package transformers' generate() looks for
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 DEFAULT_CONFIGS = "full,hf-quanto:4,hf-quanto:2,hf-hqq:4,hf-hqq:2,kivi:4,kivi:2"
 

@@ -15,14 +15,11 @@ bench/hf_quantized_cache.py.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 from _results import write_results  # bench/_results.py (scripts run by path)
 
-# bench/kernels.py would shadow the `kernels` package transformers' generate() looks for
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 PRESSES_AT_HALF = ("streaming", "snapkv", "tova", "knorm", "random", "ada-snapkv", "ada-tova", "retrieval-heads")
 RATIO_SWEEP = ("streaming", "snapkv", "tova", "retrieval-heads")

@@ -24,14 +24,11 @@ from __future__ import annotations
 import argparse
 import copy
 import re
-import sys
 import time
 from pathlib import Path
 
 from _results import write_results  # bench/_results.py (scripts run by path)
 
-# bench/kernels.py would shadow the `kernels` package transformers' generate() looks for
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 PRESSES = ("SnapKVPress", "StreamingLLMPress", "KnormPress", "TOVAPress", "ExpectedAttentionPress")
 TASKS = ("passkey", "niah_single_1")

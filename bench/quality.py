@@ -3,9 +3,12 @@
     python bench/quality.py                       # full grid, settings chosen for the device
     python bench/quality.py --configs w4g64,w3g64 --methods rtn,gptq,omniquant --epochs 5
 
-Methods: fp, rtn, gptq (compresskit's own), nf4 (bitsandbytes, 4-bit, blocksize 64), omniquant (LWC
-for weight-only, LWC + LET for weight-activation, as the published scripts), omniquant_let (weight-only
-with LET too; W4 g64 only, the ablation);
+Methods: fp, rtn, gptq (compresskit's own), gptq_act (act-order, static groups), nf4 (bitsandbytes, 4-bit,
+blocksize 64), clipsearch (per-(row, group) clipping searched on each block's inputs, no training), omniquant
+(LWC for weight-only, LWC + LET for weight-activation, as the published scripts), omniquant_search (LWC
+started from the clipping search, early stopping with patience 2), omniquant_e2e (omniquant_search, then
+``--finetune-steps`` steps of end-to-end scales-only distillation against the parent), omniquant_let (weight-only with LET too;
+W4 g64 only, the ablation);
 for weight-activation configs: rtn, smoothquant (LET init, no training), omniquant. Each run is a
 subprocess, so its calibration time and peak memory (RSS on CPU, max allocated on CUDA) are its own.
 Writes bench/results/quality.{json,md}. Runs unchanged on a CUDA machine (published calibration
@@ -30,7 +33,8 @@ CONFIGS = {  # name -> QuantConfig fields
     "w2g64": dict(wbits=2, group_size=64), "w4pc": dict(wbits=4, group_size=-1),
     "w4a4": dict(wbits=4, abits=4, group_size=-1), "w6a6": dict(wbits=6, abits=6, group_size=-1),
 }
-WEIGHT_ONLY = ("rtn", "gptq", "nf4", "omniquant", "omniquant_let")
+WEIGHT_ONLY = ("rtn", "gptq", "gptq_act", "nf4", "clipsearch", "omniquant", "omniquant_search", "omniquant_e2e",
+               "omniquant_let")
 ONLY_W4G64 = ("nf4", "omniquant_let")
 WEIGHT_ACT = ("rtn", "smoothquant", "omniquant")
 
@@ -54,8 +58,16 @@ def run_one(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if method == "rtn":
         compresskit.quantize(model, QuantConfig(**base))
-    elif method == "gptq":
-        compresskit.quantize(model, GPTQConfig(**base, **calib), tokenizer=tok)
+    elif method in ("gptq", "gptq_act"):
+        compresskit.quantize(model, GPTQConfig(**base, **calib, act_order=method == "gptq_act"), tokenizer=tok)
+    elif method == "clipsearch":
+        compresskit.quantize(model, OmniQuantConfig(**base, **calib, epochs=0, clip_init="search"), tokenizer=tok)
+    elif method == "omniquant_e2e":
+        compresskit.quantize(model, OmniQuantConfig(**base, **calib, epochs=args.epochs, clip_init="search",
+                                                    patience=2, finetune_steps=args.finetune_steps), tokenizer=tok)
+    elif method == "omniquant_search":
+        compresskit.quantize(model, OmniQuantConfig(**base, **calib, epochs=args.epochs, clip_init="search",
+                                                    patience=2), tokenizer=tok)
     elif method == "omniquant":
         compresskit.quantize(model, OmniQuantConfig(**base, **calib, epochs=args.epochs), tokenizer=tok)
     elif method == "omniquant_let":
@@ -71,8 +83,18 @@ def run_one(args: argparse.Namespace) -> dict:
                                   ppl_windows=args.ppl_windows, passkey_trials=args.passkey_trials, seed=args.seed,
                                   cache=False)
     scores = {f"{r.task}@{r.length}": r.score for r in report.rows}
+    other = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=args.lengths[:1], ppl_windows=args.ppl_windows,
+                                 seed=args.seed, cache=False, text=_other_text())
+    scores |= {f"ppl_docs@{r.length}": r.score for r in other.rows}
     return {"method": method, "config": name, "calib_s": calib_s, "peak_bytes": peak, "device": device,
             "scores": scores, "eval_s": report.seconds}
+
+
+def _other_text() -> str:
+    """Text of another kind than the calibration split: compresskit's own docs (technical prose with
+    commands and tables, written for this project), so a method is not only scored on its calibration
+    source."""
+    return "\n\n".join(p.read_text() for p in sorted((Path(__file__).parent.parent / "docs").glob("*.md")))
 
 
 def _nf4(model) -> None:
@@ -99,6 +121,7 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=None)
     ap.add_argument("--seqlen", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--finetune-steps", type=int, default=20, help="end-to-end steps of omniquant_e2e")
     ap.add_argument("--lengths", default="2048,4096")
     ap.add_argument("--ppl-windows", type=int, default=4)
     ap.add_argument("--passkey-trials", type=int, default=10)
@@ -151,7 +174,8 @@ def _merge(args) -> None:
             setattr(args, key, data["settings"][key])
         rows.update({(r["config"], r["method"]): r for r in data["rows"]})
     order = ["fp"] + list(CONFIGS)
-    methods = ["fp", "rtn", "gptq", "nf4", "smoothquant", "omniquant", "omniquant_let"]
+    methods = ["fp", "rtn", "gptq", "gptq_act", "nf4", "smoothquant", "clipsearch", "omniquant", "omniquant_search",
+               "omniquant_e2e", "omniquant_let"]
     ordered = sorted(rows.values(), key=lambda r: (order.index(r["config"]), methods.index(r["method"])))
     _write(ordered, args, any(r.get("device") == "cuda" for r in ordered))
 
@@ -160,6 +184,7 @@ def _forward(args) -> list[str]:
     out = ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
            "--lengths", ",".join(map(str, args.lengths)), "--ppl-windows", str(args.ppl_windows),
            "--passkey-trials", str(args.passkey_trials), "--seed", str(args.seed)]
+    out += ["--finetune-steps", str(args.finetune_steps)]
     return out + (["--epochs", str(args.epochs)] if args.epochs is not None else [])
 
 
@@ -167,15 +192,27 @@ def _line(r: dict, lengths: list[int]) -> str:
     if "error" in r:
         return f"| {r['config']} | {r['method']} | error: {' '.join(r['error'])} |"
     s = r["scores"]
-    cols = [f"{s.get(f'ppl@{lengths[0]}', float('nan')):.2f}"] + [f"{s.get(f'passkey@{n}', float('nan')):.0f}%" for n in lengths]
+    cols = [f"{s.get(f'ppl@{lengths[0]}', float('nan')):.2f}", f"{s.get(f'ppl_docs@{lengths[0]}', float('nan')):.2f}"]
+    cols += [f"{s.get(f'passkey@{n}', float('nan')):.0f}%" for n in lengths]
     return (f"| {r['config']} | {r['method']} | " + " | ".join(cols)
             + f" | {r['calib_s']:.0f} | {r['peak_bytes'] / 2**30:.2f} |")
 
 
+def _gap_closed(rows: list[dict], fp_ppl: float, key: str) -> dict[str, float]:
+    """config/method -> the share of the same config's RTN log-perplexity gap the method closes."""
+    import math
+
+    rtn = {r["config"]: r["scores"][key] for r in rows if r["method"] == "rtn" and key in r.get("scores", {})}
+    return {f"{r['config']}/{r['method']}": (math.log(rtn[r["config"]]) - math.log(r["scores"][key]))
+            / (math.log(rtn[r["config"]]) - math.log(fp_ppl))
+            for r in rows if key in r.get("scores", {}) and r["method"] not in ("fp", "rtn") and r["config"] in rtn
+            and rtn[r["config"]] > fp_ppl}
+
+
 def _write(rows: list[dict], args, cuda: bool) -> None:
     fp = next((r for r in rows if r["method"] == "fp" and "scores" in r), None)
-    head = (f"| config | method | ppl@{args.lengths[0]} | " + " | ".join(f"passkey@{n}" for n in args.lengths)
-            + " | calib s | peak GiB |\n|" + "---|" * (5 + len(args.lengths)))
+    head = (f"| config | method | ppl@{args.lengths[0]} | ppl@{args.lengths[0]} docs | "
+            + " | ".join(f"passkey@{n}" for n in args.lengths) + " | calib s | peak GiB |\n|" + "---|" * (6 + len(args.lengths)))
     lines = [head] + [_line(r, args.lengths) for r in rows]
     if fp:
         base = fp["scores"][f"ppl@{args.lengths[0]}"]
@@ -183,9 +220,17 @@ def _write(rows: list[dict], args, cuda: bool) -> None:
         lines.append("ppl ratio to fp: " + ", ".join(
             f"{r['config']}/{r['method']} {r['scores'][f'ppl@{args.lengths[0]}'] / base:.3f}x"
             for r in rows if "scores" in r and r["method"] != "fp"))
+        for key, what in ((f"ppl@{args.lengths[0]}", "held-out split"), (f"ppl_docs@{args.lengths[0]}", "docs")):
+            if key not in fp["scores"]:
+                continue
+            closed = _gap_closed(rows, fp["scores"][key], key)
+            if closed:
+                lines.append("")
+                lines.append(f"share of RTN's log-perplexity gap closed on the {what}, (log rtn - log method) / "
+                             "(log rtn - log fp): " + ", ".join(f"{k} {v:.0%}" for k, v in closed.items()))
     settings = (f"device {'cuda' if cuda else 'cpu'}; calibration {args.nsamples} x {args.seqlen} tokens from the "
                 f"shipped train split, epochs {args.epochs if args.epochs is not None else '20 (40 for W2)'}; "
-                f"perplexity over {args.ppl_windows} held-out windows; passkey {args.passkey_trials} trials per length; "
+                f"perplexity over {args.ppl_windows} windows of the held-out split and of docs/*.md (text of another kind); passkey {args.passkey_trials} trials per length; "
                 "embeddings kept in float for every method; W-A activations simulated.")
     md = settings + "\n\n" + "\n".join(lines) + "\n"
     write_results(args.out, md, {"settings": vars(args), "rows": rows}, echo=True)

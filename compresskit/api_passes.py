@@ -20,6 +20,7 @@ Adding a pass (docs/design.md has the worked example)::
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,12 +103,29 @@ def run_gptq(ctx: PassContext, config: GPTQConfig) -> dict[str, Any]:
 def run_omniquant(ctx: PassContext, config: OmniQuantConfig) -> dict[str, Any]:
     ids = _calibration(ctx, config)
     state = None if ctx.state_dir is None else str(ctx.state_dir)
-    return _quantized(ctx, quantize_omniquant(ctx.model, config, ids, work_dir=state, progress=ctx.progress))
+    # the end-to-end stage learns from the parent: the teacher given, else the model before quantization
+    parent = (ctx.teacher or copy.deepcopy(ctx.model)) if config.finetune_steps else None
+    summary = _quantized(ctx, quantize_omniquant(ctx.model, config, ids, work_dir=state, progress=ctx.progress))
+    if parent is not None:
+        context = getattr(ctx.model.config, "max_position_embeddings", None) or 2048
+        distill(ctx.model, parent, finetune_config(config, context), tokenizer=ctx.tokenizer, progress=ctx.progress)
+        summary["finetune"] = {k: v for k, v in record_of(ctx.model).last("distill").summary.items() if k != "recipe"}
+    return summary
+
+
+def finetune_config(config: OmniQuantConfig, context: int = 2048) -> DistillConfig:
+    """The distillation that OmniQuant's end-to-end stage runs: group scales only, windows of half then all of
+    2048 tokens (or the model's ``context``) of the calibration source with retrieval exercises mixed in
+    (bench/results/distill.md's best W3 setting)."""
+    steps = config.finetune_steps
+    return DistillConfig(steps=steps, lr=config.finetune_lr, warmup_steps=min(2, steps // 4), seqlen=min(2048, context),
+                         seqlen_schedule=(0.5, 1.0) if steps >= 2 else (), quant_params_only=True,
+                         retrieval_mix=config.finetune_retrieval_mix, data=config.calib, seed=config.seed)
 
 
 def _omniquant_units(ctx: PassContext, config: OmniQuantConfig) -> int:
     count_quantizable(ctx.model, config)  # validate first
-    return len(get_arch(ctx.model).blocks_of(ctx.model)) * config.epochs
+    return len(get_arch(ctx.model).blocks_of(ctx.model)) * config.epochs + config.finetune_steps
 
 
 # --- pruning and distillation -----------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 # Triton kernels are tested on CPU tensors through the interpreter; it must be on before triton is
-# imported (the same kernels run natively on a GPU: bench/kernels.py --check).
+# imported (the same kernels run natively on a GPU: bench/kernel_speed.py --check).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402

@@ -214,3 +214,14 @@ def test_no_method_list_or_isinstance_dispatch_on_configs_outside_the_registry()
     hits = [f"{p.relative_to(ROOT)}:{n}" for d in ("compresskit", "cli") for p in (ROOT / d).rglob("*.py")
             for n, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not hits, hits
+
+
+def test_no_bench_script_shadows_a_package_the_libraries_import():
+    """Scripts run by path put bench/ first on sys.path: a bench/kernels.py made transformers' generate()
+    import it as the `kernels` package (an ImportError in every generate of bench/quality.py)."""
+    probed = {"kernels", "accelerate", "peft", "optimum", "bitsandbytes", "datasets", "safetensors", "triton",
+              "torch", "transformers", "tokenizers", "huggingface_hub", "gguf", "numpy", "yaml", "typer", "hqq",
+              "gptqmodel", "kvpress", "lm_eval"}
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    stems = {p.stem for p in bench.glob("*.py")} | {p.name for p in bench.iterdir() if p.is_dir()}
+    assert not stems & probed, f"bench/ files named like packages: {sorted(stems & probed)}"

@@ -55,17 +55,26 @@ def capture_block_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int) -
 
 @torch.no_grad()
 def run_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any], batch_size: int,
-              stats_of: dict[str, nn.Module] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The block over a whole stream, micro-batch by micro-batch; optionally the per-channel absmax
-    of the inputs of ``stats_of`` modules (for LET's initialisation)."""
+              stats_of: dict[str, nn.Module] | None = None, grams_of: dict[str, nn.Module] | None = None,
+              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The block over a whole stream, micro-batch by micro-batch; optionally the per-channel absmax of the
+    inputs of ``stats_of`` modules (for LET's initialisation) and the Gram matrix ``X^T X / n`` of the inputs
+    of ``grams_of`` modules (key ``gram.NAME``; for the clipping search)."""
     device = next(block.parameters()).device
     stats: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
     hooks = []
     for key, module in (stats_of or {}).items():
         def hook(m, args, key=key):
             a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float().cpu()
             stats[key] = a if key not in stats else torch.maximum(stats[key], a)
         hooks.append(module.register_forward_pre_hook(hook))
+    for key, module in (grams_of or {}).items():
+        def gram(m, args, key=f"gram.{key}"):
+            a = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            stats[key] = stats.get(key, 0) + (a.t() @ a).cpu()
+            counts[key] = counts.get(key, 0) + a.shape[0]
+        hooks.append(module.register_forward_pre_hook(gram))
     outs = []
     try:
         for xb in x.split(batch_size):
@@ -74,4 +83,6 @@ def run_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any], batch_s
     finally:
         for h in hooks:
             h.remove()
+    for key, n in counts.items():
+        stats[key] = stats[key] / n
     return torch.cat(outs), stats

@@ -20,7 +20,7 @@ from compresskit.quant.gptq import gptq_quantize
 def test_diagonal_hessian_reduces_to_round_to_nearest(bits, group_size, sym):
     w = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
     h = torch.diag(torch.rand(128, generator=torch.Generator().manual_seed(1)) + 0.5)
-    q, scale, zero = gptq_quantize(w, h, LinearEntry(bits, group_size, sym), block_size=48)
+    q, scale, zero, _ = gptq_quantize(w, h, LinearEntry(bits, group_size, sym), block_size=48)
     s_ref, z_ref = compute_qparams(w, bits, group_size, sym)
     assert torch.equal(scale, s_ref) and torch.equal(zero, z_ref)
     assert torch.equal(q, quantize(w, s_ref, z_ref, bits, group_size))
@@ -33,12 +33,16 @@ def test_correlated_inputs_get_lower_output_error_than_rtn():
     x = torch.randn(2048, 128, generator=g) @ mix  # strongly correlated input channels
     h = 2 * x.t() @ x / x.shape[0]
     entry = LinearEntry(3, 32, False)
-    q, scale, zero = gptq_quantize(w, h, entry)
+    q, scale, zero, _ = gptq_quantize(w, h, entry)
     s_r, z_r = compute_qparams(w, 3, 32, False)
     w_rtn = dequantize(quantize(w, s_r, z_r, 3, 32), s_r, z_r, 32)
     w_gptq = dequantize(q, scale, zero, 32)
     err = lambda wq: float((x @ (w - wq).t()).pow(2).mean())
     assert err(w_gptq) < 0.8 * err(w_rtn)
+    # act-order with static groups: the group parameters are RTN's, g_idx stays i // 32, error stays low
+    q, scale, zero, _ = gptq_quantize(w, h, entry, act_order=True)
+    assert torch.equal(scale, s_r) and torch.equal(zero, z_r)
+    assert err(dequantize(q, scale, zero, 32)) < 0.8 * err(w_rtn)
 
 
 def test_gptq_on_a_tiny_model_beats_rtn_and_round_trips(tmp_path):
@@ -67,3 +71,32 @@ def test_gptq_on_a_tiny_model_beats_rtn_and_round_trips(tmp_path):
 def test_hessian_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="does not match in_features=32"):
         gptq_quantize(torch.randn(8, 32), torch.eye(16), LinearEntry(4, 32, False))
+
+
+def test_act_order_reduces_to_round_to_nearest_on_a_diagonal_hessian():
+    w = torch.randn(32, 96, generator=torch.Generator().manual_seed(3))
+    h = torch.diag(torch.rand(96, generator=torch.Generator().manual_seed(4)) + 0.5)  # a non-trivial order
+    q, scale, zero, _ = gptq_quantize(w, h, LinearEntry(4, 32, False), act_order=True)
+    s_ref, z_ref = compute_qparams(w, 4, 32, False)
+    assert torch.equal(q, quantize(w, s_ref, z_ref, 4, 32))
+
+
+def test_a_hessian_that_does_not_factor_gets_more_damping():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 64, generator=g)  # 4 tokens for 64 inputs: rank 4, singular in float32
+    h = 2 * x.t() @ x / 4
+    with pytest.raises(RuntimeError):  # what GPTQ did before: a crash deep in torch
+        torch.linalg.cholesky(h + 1e-9 * torch.diag(h).mean() * torch.eye(64))
+    q, scale, zero, damp = gptq_quantize(torch.randn(16, 64, generator=g), h, LinearEntry(4, 32, False), damp=1e-9)
+    assert 1e-9 < damp <= 1e-5 and torch.isfinite(scale).all() and q.max() <= 15
+    with pytest.raises(ValueError, match="does not factor"):
+        gptq_quantize(torch.randn(16, 64), torch.full((64, 64), float("nan")), LinearEntry(4, 32, False))
+
+
+def test_gptq_reports_act_order_and_raised_damping():
+    model = make_tiny_model("llama")
+    ids = torch.randint(0, 320, (2, 32), generator=torch.Generator().manual_seed(0))
+    cfg = GPTQConfig(wbits=4, group_size=32, nsamples=2, seqlen=32, act_order=True)
+    manifest = compresskit.quantize(model, cfg, calib=ids)
+    report = manifest.to_dict()["report"]
+    assert report["act_order"] is True and isinstance(report["damping_raised"], dict)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from conftest import make_tiny_model
+from conftest import make_tiny_model, make_tiny_tokenizer
 from torch.func import functional_call
 
 import compresskit
@@ -229,3 +229,71 @@ def test_training_keeps_the_parameters_of_the_best_epoch(monkeypatch):
     trained, report = bq.train(state, None, None, {})
     assert report.losses == [3.0, 1.0, 2.0]
     assert float(trained.lwc[arch.down_proj]["up"][0, 0]) == start + 2  # the end of epoch 2, the best
+
+
+def test_clip_search_picks_the_ratio_with_the_least_output_error():
+    from compresskit.quant.omniquant.lwc import search_clip
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(6, 64, generator=g)
+    w[0, 5] = 6.0  # an outlier weight: clipping it is worth it when its input is quiet
+    x = torch.randn(256, 64, generator=g) * torch.linspace(0.2, 2.0, 64)  # inputs of unequal energy
+    entry = LinearEntry(3, 32, False)
+    found = torch.sigmoid(search_clip(w, x.t() @ x / 256, entry, grid=11)["up"])
+    # reference: each ratio's error as the squared output difference on the samples, group by group
+    ratios = torch.linspace(1.0, 0.5, 11)
+    errs = []
+    for r in ratios.tolist():
+        f = torch.full((6, 2), torch.logit(torch.tensor(r)).item() if r < 1 else 30.0)
+        d = w - lwc_fake_quantize(w, f, f, entry)
+        errs.append(torch.stack([((x[:, s] @ d[:, s].t()) ** 2).mean(0) for s in (slice(0, 32), slice(32, 64))], 1))
+    best = ratios[torch.stack(errs).argmin(0)].clamp(max=0.995)
+    assert torch.allclose(found, best, atol=1e-4)
+    assert found[0, 0] < 0.995  # the outlier's group is clipped
+
+
+def test_searched_clipping_starts_closer_than_the_constant_start():
+    model = make_tiny_model("llama")
+    ids = _ids(8, 64)
+    with torch.no_grad():
+        ref = model(ids).logits
+    errors = {}
+    for init in ("constant", "search"):
+        m = copy.deepcopy(model)
+        cfg = OmniQuantConfig(**{**SMALL, "let": False, "epochs": 0, "nsamples": 8, "seqlen": 64, "clip_init": init})
+        compresskit.quantize(m, cfg, calib=ids)
+        with torch.no_grad():
+            errors[init] = float((m(ids).logits - ref).pow(2).mean())
+    assert errors["search"] < errors["constant"], errors
+
+
+def test_training_stops_when_the_block_loss_stalls(monkeypatch):
+    model = make_tiny_model("llama")
+    arch, geo = get_arch(model), Geometry.from_config(model.config)
+    entries = {arch.down_proj: LinearEntry(3, 32, False)}
+    bq = BlockQuantizer(model.model.layers[0], arch, geo, OmniQuantConfig(**{**SMALL, "epochs": 10, "patience": 2}),
+                        entries)
+    losses = iter([3.0, 2.0, 1.9995, 1.9999, 1.0, 1.0])  # 2.0 -> 1.9995 is less than 0.1% better
+    monkeypatch.setattr(BlockQuantizer, "_epoch", lambda self, *a: next(losses))
+    _, report = bq.train(bq.init_state(None), None, None, {})
+    assert report.losses == [3.0, 2.0, 1.9995, 1.9999] and report.stopped_early and report.epochs == 4
+    with pytest.raises(ConfigError, match="clip_init='best' is unknown"):
+        OmniQuantConfig(**{**SMALL, "clip_init": "best"})
+
+
+def test_the_end_to_end_stage_trains_the_scales_and_keeps_the_codes():
+    model = make_tiny_model("llama")
+    tok = make_tiny_tokenizer()
+    base = dict(SMALL, let=False, epochs=1, nsamples=8, seqlen=64, calib="builtin")
+    alone, tuned = copy.deepcopy(model), copy.deepcopy(model)
+    compresskit.quantize(alone, OmniQuantConfig(**base), tokenizer=tok)
+    manifest = compresskit.quantize(tuned, OmniQuantConfig(**base, finetune_steps=3), tokenizer=tok)
+    stage = manifest.report["distillation"]
+    assert stage["steps"] == 3 and stage["recipe"]["quant_params_only"] and stage["recipe"]["retrieval_mix"] == 0.5
+    name = next(iter(manifest.linears))
+    a, t = alone.get_submodule(name), tuned.get_submodule(name)
+    assert torch.equal(a.qweight, t.qweight) and torch.equal(a.qzeros, t.qzeros)  # the codes stay
+    assert not torch.equal(a.scales, t.scales)  # the scales learned
+    assert stage["kl_last"] < stage["kl_first"]
+    with pytest.raises(ConfigError, match="finetune_steps=-1"):
+        OmniQuantConfig(**{**SMALL, "finetune_steps": -1})

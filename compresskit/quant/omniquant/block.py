@@ -20,7 +20,7 @@ from ...core.manifest import LinearEntry
 from ...core.quant_math import quantize_activations
 from ...kernels.modules import QuantLinear
 from .let import Geometry, apply_let, init_let
-from .lwc import init_factors, lwc_fake_quantize, lwc_pack
+from .lwc import init_factors, lwc_fake_quantize, lwc_pack, search_clip
 
 NO_CLIP = 20.0  # sigmoid(20) == 1.0 in float32: plain min/max (used when LWC is off, and for fallback)
 
@@ -59,6 +59,7 @@ class BlockReport:
     first_loss: float = float("nan")
     last_loss: float = float("nan")
     epochs: int = 0
+    stopped_early: bool = False
     retries: int = 0
     fallback: bool = False
     seconds: float = 0.0
@@ -86,7 +87,13 @@ class BlockQuantizer:
         return out
 
     def init_state(self, stats: dict[str, torch.Tensor] | None) -> BlockState:
+        """LWC factors (4.0, or searched where ``stats`` holds the linears' ``gram.NAME``) and LET scales."""
         lwc = self._clip_factors(4.0 if self.cfg.lwc else NO_CLIP)
+        if self.cfg.lwc and stats and not self.cfg.let:
+            for name, entry in self.entries.items():
+                if f"gram.{name}" in stats:
+                    found = search_clip(self.base[f"{name}.weight"], stats[f"gram.{name}"].to(self.device), entry)
+                    lwc[name] = {k: v.to(self.device) for k, v in found.items()}
         let = None
         if self.cfg.let and stats is not None:  # learned in log space: AdamW's steps become relative
             init = init_let(stats, self.base, self.arch, self.geo, self.cfg.alpha)
@@ -133,7 +140,7 @@ class BlockQuantizer:
         hooks = self._act_hooks()
         try:
             lr_scale, epoch, good = 1.0, 0, state.clone()
-            best, best_loss = state.clone(), float("inf")
+            best, best_loss, since_best = state.clone(), float("inf"), 0
             opt = self._optimizer(state, lr_scale)
             while epoch < self.cfg.epochs:
                 loss = self._epoch(state, opt, q_inps, fp_outs, kwargs)
@@ -148,12 +155,17 @@ class BlockQuantizer:
                     continue
                 good = state.clone()
                 report.losses.append(loss)
+                since_best = 0 if loss < best_loss * (1 - 1e-3) else since_best + 1
                 if loss < best_loss:  # the epoch's mean loss was measured with the parameters it started
                     best_loss = loss  # from drifting to the end: keep the end state of the best epoch
                     best = state.clone()
                 epoch += 1
                 if log:
                     log(epoch, loss)
+                if self.cfg.patience and since_best >= self.cfg.patience and epoch < self.cfg.epochs:
+                    report.stopped_early = True
+                    state = best
+                    break
             else:
                 state = best if report.losses else state
         finally:

@@ -7,6 +7,9 @@ from ...core.config import CalibratedConfig
 from ...core.errors import ConfigError
 
 
+CLIP_INITS = ("constant", "search")
+
+
 @dataclass(frozen=True)
 class OmniQuantConfig(CalibratedConfig):
     """OmniQuant (Shao et al., ICLR 2024): learnable weight clipping and equivalent transformation,
@@ -22,6 +25,16 @@ class OmniQuantConfig(CalibratedConfig):
     - ``let_alpha``: SmoothQuant migration strength for the LET init (None: 0.75 for W4A4, else 0.5).
     - ``max_retries``: on a NaN/inf loss, restore the block's last good parameters and retry with
       the learning rates divided by 10, this many times; then fall back to RTN for that block.
+    - ``clip_init``: where LWC starts: "constant" (the published 4.0, a clipping ratio of 0.982) or
+      "search" (per row and group, the ratio with the least output error on the block's own inputs, as
+      AWQ's auto-clip; weight-only without LET, else "constant" is used).
+    - ``patience``: stop a block's training when its epoch loss has not fallen by 0.1% for this many
+      epochs (0: run every epoch, as published); the best epoch's parameters are kept either way.
+    - ``finetune_steps``: after the blocks, this many steps of end-to-end distillation against the parent
+      that train only the group scales (the integer codes stay; ``compresskit.distill`` with
+      ``quant_params_only``), at ``finetune_lr`` on windows of 1024 then 2048 tokens of ``calib``, with
+      ``finetune_retrieval_mix`` of them retrieval exercises (0: OmniQuant alone, as published). The
+      compresskit API runs this stage; the manifest's report holds it as ``distillation``.
     """
 
     method: str = "omniquant"
@@ -32,6 +45,11 @@ class OmniQuantConfig(CalibratedConfig):
     lr_let: float = 5e-3
     let_alpha: float | None = None
     max_retries: int = 2
+    clip_init: str = "constant"
+    patience: int = 0
+    finetune_steps: int = 0
+    finetune_lr: float = 1e-2
+    finetune_retrieval_mix: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,6 +59,13 @@ class OmniQuantConfig(CalibratedConfig):
             object.__setattr__(self, "let", self.abits < 16)
         if self.epochs < 0:
             raise ConfigError(f"epochs={self.epochs} must be >= 0")
+        if self.clip_init not in CLIP_INITS:
+            raise ConfigError(f"clip_init={self.clip_init!r} is unknown; use {' or '.join(CLIP_INITS)}")
+        if self.patience < 0:
+            raise ConfigError(f"patience={self.patience} must be >= 0 (0: no early stopping)")
+        if self.finetune_steps < 0 or self.finetune_lr <= 0 or not 0 <= self.finetune_retrieval_mix < 1:
+            raise ConfigError(f"finetune_steps={self.finetune_steps} must be >= 0, finetune_lr={self.finetune_lr} > 0 "
+                              f"and finetune_retrieval_mix={self.finetune_retrieval_mix} in [0, 1)")
         if self.let_alpha is not None and not 0.0 <= self.let_alpha <= 1.0:
             raise ConfigError(f"let_alpha={self.let_alpha} must lie in [0, 1]")
 

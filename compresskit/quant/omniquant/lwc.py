@@ -1,9 +1,12 @@
 """Learnable weight clipping (LWC): per (row, group) clipping factors through a sigmoid.
 
 ``xmax = sigmoid(up) * max(W_g)``, ``xmin = sigmoid(low) * min(W_g)`` (asymmetric), or
-``xmax = sigmoid(up) * absmax(W_g)`` (symmetric); factors start at 4.0 (sigmoid = 0.982).
+``xmax = sigmoid(up) * absmax(W_g)`` (symmetric); factors start at 4.0 (sigmoid = 0.982), or, with
+``clip_init="search"``, at the ratio per (row, group) that `search_clip` finds on the inputs' Gram matrix.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -56,3 +59,41 @@ def lwc_pack(w: torch.Tensor, up: torch.Tensor, low: torch.Tensor, entry: Linear
     zero = zero.to(torch.int32)
     q = quantize(w, scale, zero, entry.bits, entry.group_size)
     return GPTQPacked.pack(q, scale, zero, entry.bits, entry.group_size)
+
+
+def group_blocks(gram: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The diagonal blocks ``[groups, gs, gs]`` of an input Gram matrix ``[in, in]`` (a ragged last group is
+    padded with zeros: its padding columns carry no error)."""
+    in_f = gram.shape[0]
+    gs = in_f if group_size == -1 else group_size
+    groups = num_groups(in_f, group_size)
+    pad = groups * gs - in_f
+    g = torch.nn.functional.pad(gram, (0, pad, 0, pad)) if pad else gram
+    return torch.stack([g[i * gs:(i + 1) * gs, i * gs:(i + 1) * gs] for i in range(groups)])
+
+
+@torch.no_grad()
+def search_clip(w: torch.Tensor, gram: torch.Tensor, entry: LinearEntry, grid: int = 20, min_ratio: float = 0.5,
+                max_ratio: float = 0.995) -> dict[str, torch.Tensor]:
+    """LWC factors ``{"up", "low"}`` ``[out, groups]`` that start each (row, group) at the clipping ratio, on a
+    grid of ``[min_ratio, 1]``, with the least output error ``d^T G_g d`` (``d``: the group's rounding error,
+    ``G_g``: its block of the inputs' Gram matrix ``gram`` ``[in, in]``), as AWQ's auto-clip does with
+    sampled activations. Ratios are capped at ``max_ratio`` so training can still move them (a sigmoid at
+    1.0 has no gradient)."""
+    out_f, in_f = w.shape
+    if gram.shape != (in_f, in_f):
+        raise ValueError(f"Gram matrix {tuple(gram.shape)} does not match in_features={in_f}")
+    w, blocks = w.float(), group_blocks(gram.float(), entry.group_size)
+    gs, groups = blocks.shape[-1], blocks.shape[0]
+    pad = groups * gs - in_f
+    best_err = torch.full((out_f, groups), float("inf"), device=w.device)
+    best = torch.ones(out_f, groups, device=w.device)
+    for ratio in torch.linspace(1.0, min_ratio, grid).tolist():
+        factor = torch.full((out_f, groups), math.log(ratio / (1 - ratio)) if ratio < 1 else 30.0, device=w.device)
+        d = w - lwc_fake_quantize(w, factor, factor, entry)
+        d = (torch.nn.functional.pad(d, (0, pad)) if pad else d).reshape(out_f, groups, gs)
+        err = torch.einsum("ogi,gij,ogj->og", d, blocks, d)
+        better = err < best_err
+        best_err, best = torch.where(better, err, best_err), torch.where(better, ratio, best)
+    factor = torch.logit(best.clamp(max=max_ratio))
+    return {"up": factor, "low": factor.clone()}

@@ -49,7 +49,9 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
                     "fc1": get_module(block, arch.gate_proj)} if cfg.let else None
         # the fp block's output on the fp stream is this block's target and the next block's fp input:
         # the old fp stream is dropped here, so two streams (fp, quantized) live at any time
-        fp_stream, stats = run_block(block, fp_stream, kwargs, cfg.batch_size, stats_of)
+        grams_of = ({n: get_module(block, n) for n in entries[i]}
+                    if cfg.lwc and cfg.clip_init == "search" and not cfg.let else None)
+        fp_stream, stats = run_block(block, fp_stream, kwargs, cfg.batch_size, stats_of, grams_of)
         bq = BlockQuantizer(block, arch, geo, cfg, entries[i])
         saved = store.load(i) if store else None
         if saved is not None:
@@ -59,7 +61,7 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
                 progress(cfg.epochs, f"block {i + 1}/{len(blocks)}: resumed")
         else:
             torch.manual_seed(cfg.seed + i)
-            state = bq.init_state(stats if cfg.let else None)
+            state = bq.init_state(stats)
 
             def log(epoch: int, loss: float, i=i) -> None:
                 if progress:
@@ -67,7 +69,8 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
 
             state, rep = bq.train(state, q_stream, fp_stream, kwargs, log) if cfg.epochs else (state, BlockReport())
             if progress and rep.epochs < cfg.epochs:
-                progress(cfg.epochs - rep.epochs, f"block {i + 1}/{len(blocks)}: fell back to RTN")
+                why = "stopped early" if rep.stopped_early else "fell back to RTN"
+                progress(cfg.epochs - rep.epochs, f"block {i + 1}/{len(blocks)}: {why}")
             report = rep.to_dict()
             if store:
                 store.save(i, state, report)

@@ -1,8 +1,8 @@
 """Kernel speed: the CPU fast path on the embedded model, and the Triton kernels on a GPU.
 
-    python bench/kernels.py              # CPU section here; GPU section too when CUDA is present
-    python bench/kernels.py --check      # GPU: fp16 and bf16 correctness of every kernel (native Triton)
-    python bench/kernels.py --gpu-dry-run   # the GPU section's code on tiny shapes, Triton interpreter, CPU
+    python bench/kernel_speed.py              # CPU section here; GPU section too when CUDA is present
+    python bench/kernel_speed.py --check      # GPU: fp16 and bf16 correctness of every kernel (native Triton)
+    python bench/kernel_speed.py --gpu-dry-run   # the GPU section's code on tiny shapes, Triton interpreter, CPU
 
 CPU (SmolLM2-135M, batch 1): prefill time for 512- and 2048-token prompts and greedy decode tokens/s
 after them, for the fp32 and bf16 dense models and W4 g64 through each CPU backend (embeddings and
