@@ -183,15 +183,14 @@ class QuantizedLayer(EvictingLayer):
             k, index, exact = split_outliers(k, self.group, min(self.outliers, self.group * k.shape[-1]))
         value_group = min(self.group, v.shape[-1])  # a head narrower than a group is one group
         parts = quantize_keys(k, self.bits, self.group) + quantize_values(v, self.bits, value_group)
-        parts = tuple(p if p.dtype == torch.uint8 else p.half() for p in parts)  # fp16 scales and minima
+        new = {name: p if p.dtype == torch.uint8 else p.half()  # fp16 scales and minima
+               for name, p in zip(("qk", "ks", "kz", "qv", "vs", "vz"), parts)}
         if self.outliers:
-            parts += (index, exact)
+            new |= {"ko_index": index, "ko_values": exact}
         if self.positions is not None:
-            parts += (self.positions[..., :n].to(torch.int32),)
+            new["store_positions"] = self.positions[..., :n].to(torch.int32)
             self.positions = self.positions[..., n:]
-        names = ("qk", "ks", "kz", "qv", "vs", "vz", "ko_index", "ko_values")[:6 + 2 * bool(self.outliers)]
-        names += ("store_positions",) * (len(parts) - len(names))
-        for name, part in zip(names, parts):
+        for name, part in new.items():  # appended to the store along the token (or group) dimension
             old = getattr(self, name)
             setattr(self, name, part if old is None else torch.cat([old, part], dim=2))
         self.keys, self.values = self.keys[..., n:, :].contiguous(), self.values[..., n:, :].contiguous()
