@@ -108,8 +108,8 @@ def run_omniquant(ctx: PassContext, config: OmniQuantConfig) -> dict[str, Any]:
     summary = _quantized(ctx, quantize_omniquant(ctx.model, config, ids, work_dir=state, progress=ctx.progress))
     if parent is not None:
         context = getattr(ctx.model.config, "max_position_embeddings", None) or 2048
+        # recorded by distill itself: a distill pass in the record, report.distillation in the manifest
         distill(ctx.model, parent, finetune_config(config, context), tokenizer=ctx.tokenizer, progress=ctx.progress)
-        summary["finetune"] = {k: v for k, v in record_of(ctx.model).last("distill").summary.items() if k != "recipe"}
     return summary
 
 

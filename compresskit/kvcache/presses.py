@@ -94,7 +94,7 @@ def window_attention(module: Any, hidden_states: torch.Tensor, position_embeddin
     head_dim = keys.shape[-1]
     q = module.q_proj(hidden_states[:, -w:]).view(b, w, -1, head_dim).transpose(1, 2)  # [b, hq, w, d]
     cos, sin = (p[:, -w:] for p in position_embeddings)
-    q = q * cos.unsqueeze(1) + _rotate_half(q) * sin.unsqueeze(1)
+    q = q * cos.unsqueeze(1) + rotate_half(q) * sin.unsqueeze(1)
     kv_heads = keys.shape[1]
     q = q.view(b, kv_heads, -1, w, head_dim)  # query heads grouped by their KV head
     logits = torch.einsum("bhgwd,bhtd->bhgwt", q.float(), keys.float()) / math.sqrt(head_dim)
@@ -106,7 +106,8 @@ def window_attention(module: Any, hidden_states: torch.Tensor, position_embeddin
     return logits.softmax(dim=-1)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """transformers' RoPE helper: ``(-x2, x1)`` for the two halves of the last dimension."""
     x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2:]
     return torch.cat((-x2, x1), dim=-1)
 

@@ -20,6 +20,7 @@ import torch
 
 from ..core.errors import ConfigError, InputError
 from .cache import EvictingLayer
+from .presses import rotate_half
 
 KV_BITS = (2, 4, 8)
 
@@ -102,9 +103,7 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, sig
         raise ValueError(f"{inv_freq.numel()} rotary frequencies do not rotate a head of {x.shape[-1]}")
     angles = positions.to(device=x.device, dtype=torch.float32).unsqueeze(-1) * inv_freq.to(x.device).float()
     angles = torch.cat([angles, angles], dim=-1)
-    half = x.shape[-1] // 2
-    turned = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x.float() * angles.cos() + sign * turned.float() * angles.sin()).to(x.dtype)
+    return (x.float() * angles.cos() + sign * rotate_half(x.float()) * angles.sin()).to(x.dtype)
 
 
 def split_outliers(k: torch.Tensor, group: int, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

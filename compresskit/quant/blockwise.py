@@ -59,7 +59,7 @@ def run_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any], batch_s
               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The block over a whole stream, micro-batch by micro-batch; optionally the per-channel absmax of the
     inputs of ``stats_of`` modules (for LET's initialisation) and the Gram matrix ``X^T X / n`` of the inputs
-    of ``grams_of`` modules (key ``gram.NAME``; for the clipping search)."""
+    of ``grams_of`` modules (key ``gram.NAME``, on the inputs' device; GPTQ's Hessians, the clipping search)."""
     device = next(block.parameters()).device
     stats: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -72,7 +72,7 @@ def run_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any], batch_s
     for key, module in (grams_of or {}).items():
         def gram(m, args, key=f"gram.{key}"):
             a = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            stats[key] = stats.get(key, 0) + (a.t() @ a).cpu()
+            stats[key] = stats.get(key, 0) + a.t() @ a
             counts[key] = counts.get(key, 0) + a.shape[0]
         hooks.append(module.register_forward_pre_hook(gram))
     outs = []

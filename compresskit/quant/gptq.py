@@ -116,24 +116,11 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, entry: LinearEntry, da
     return Q, scale, zero, damp
 
 
-@torch.no_grad()
 def _hessians(block: nn.Module, names: list[str], stream: torch.Tensor, kwargs: dict[str, Any],
               batch_size: int) -> dict[str, torch.Tensor]:
-    sums: dict[str, torch.Tensor] = {}
-    counts = dict.fromkeys(names, 0)
-
-    def hook(m, args, name):
-        x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-        sums[name] = sums.get(name, 0) + 2 * x.t() @ x
-        counts[name] += x.shape[0]
-
-    hooks = [get_module(block, n).register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in names]
-    try:
-        run_block(block, stream, kwargs, batch_size)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {n: sums[n] / counts[n] for n in names}
+    """``H = 2/n * X^T X`` of each linear in ``names`` on the block's inputs ``stream``."""
+    _, stats = run_block(block, stream, kwargs, batch_size, grams_of={n: get_module(block, n) for n in names})
+    return {n: 2 * stats[f"gram.{n}"] for n in names}
 
 
 def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib_ids: torch.Tensor,
