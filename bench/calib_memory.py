@@ -31,7 +31,8 @@ def run_one(nsamples: int, seqlen: int, blocks: int, epochs: int) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tok = compresskit.load_model("smollm2-135m", device=device)
-    cfg = OmniQuantConfig(wbits=3, group_size=64, nsamples=nsamples, seqlen=seqlen, epochs=epochs, embed_bits=16)
+    cfg = OmniQuantConfig(wbits=3, group_size=64, nsamples=nsamples, seqlen=seqlen, epochs=epochs, embed_bits=16,
+                          preset="published")
     ids = compresskit.api.calibration_ids(model, tok, cfg)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     times: list[float] = []

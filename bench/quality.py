@@ -7,7 +7,8 @@ Methods: fp, rtn, gptq (compresskit's own), gptq_act (act-order, static groups),
 blocksize 64), clipsearch (per-(row, group) clipping searched on each block's inputs, no training), omniquant
 (LWC for weight-only, LWC + LET for weight-activation, as the published scripts), omniquant_search (LWC
 started from the clipping search, early stopping with patience 2), omniquant_e2e (omniquant_search, then
-``--finetune-steps`` steps of end-to-end scales-only distillation against the parent), omniquant_let (weight-only with LET too;
+``--finetune-steps`` steps of end-to-end scales-only distillation against the parent), omniquant_default (no setting
+but the width: the device's preset, the budgeted pipeline on a CPU; its own calibration size), omniquant_let (weight-only with LET too;
 W4 g64 only, the ablation);
 for weight-activation configs: rtn, smoothquant (LET init, no training), omniquant. Each run is a
 subprocess, so its calibration time and peak memory (RSS on CPU, max allocated on CUDA) are its own.
@@ -34,7 +35,7 @@ CONFIGS = {  # name -> QuantConfig fields
     "w4a4": dict(wbits=4, abits=4, group_size=-1), "w6a6": dict(wbits=6, abits=6, group_size=-1),
 }
 WEIGHT_ONLY = ("rtn", "gptq", "gptq_act", "nf4", "clipsearch", "omniquant", "omniquant_search", "omniquant_e2e",
-               "omniquant_let")
+               "omniquant_default", "omniquant_let")
 ONLY_W4G64 = ("nf4", "omniquant_let")
 WEIGHT_ACT = ("rtn", "smoothquant", "omniquant")
 
@@ -53,6 +54,7 @@ def run_one(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     base = dict(CONFIGS.get(name, {}), embed_bits=16)  # embeddings kept float: compare the methods only
     calib = dict(nsamples=args.nsamples, seqlen=args.seqlen, calib="builtin", seed=args.seed)
+    fixed = dict(calib, preset="published")  # the rows below set what they change; the rest is the paper's
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
@@ -61,19 +63,21 @@ def run_one(args: argparse.Namespace) -> dict:
     elif method in ("gptq", "gptq_act"):
         compresskit.quantize(model, GPTQConfig(**base, **calib, act_order=method == "gptq_act"), tokenizer=tok)
     elif method == "clipsearch":
-        compresskit.quantize(model, OmniQuantConfig(**base, **calib, epochs=0, clip_init="search"), tokenizer=tok)
+        compresskit.quantize(model, OmniQuantConfig(**base, **fixed, epochs=0, clip_init="search"), tokenizer=tok)
     elif method == "omniquant_e2e":
-        compresskit.quantize(model, OmniQuantConfig(**base, **calib, epochs=args.epochs, clip_init="search",
+        compresskit.quantize(model, OmniQuantConfig(**base, **fixed, epochs=args.epochs, clip_init="search",
                                                     patience=2, finetune_steps=args.finetune_steps), tokenizer=tok)
     elif method == "omniquant_search":
-        compresskit.quantize(model, OmniQuantConfig(**base, **calib, epochs=args.epochs, clip_init="search",
+        compresskit.quantize(model, OmniQuantConfig(**base, **fixed, epochs=args.epochs, clip_init="search",
                                                     patience=2), tokenizer=tok)
+    elif method == "omniquant_default":  # what `compresskit quantize --method omniquant` runs: the device's preset
+        compresskit.quantize(model, OmniQuantConfig(**base, calib="builtin", seed=args.seed), tokenizer=tok)
     elif method == "omniquant":
-        compresskit.quantize(model, OmniQuantConfig(**base, **calib, epochs=args.epochs), tokenizer=tok)
+        compresskit.quantize(model, OmniQuantConfig(**base, **fixed, epochs=args.epochs), tokenizer=tok)
     elif method == "omniquant_let":
-        compresskit.quantize(model, OmniQuantConfig(**base, **calib, epochs=args.epochs, let=True), tokenizer=tok)
+        compresskit.quantize(model, OmniQuantConfig(**base, **fixed, epochs=args.epochs, let=True), tokenizer=tok)
     elif method == "smoothquant":
-        compresskit.quantize(model, OmniQuantConfig(**base, **calib, epochs=0, lwc=False), tokenizer=tok)
+        compresskit.quantize(model, OmniQuantConfig(**base, **fixed, epochs=0, lwc=False), tokenizer=tok)
     elif method == "nf4":
         _nf4(model)
     calib_s = time.perf_counter() - t0
@@ -175,7 +179,7 @@ def _merge(args) -> None:
         rows.update({(r["config"], r["method"]): r for r in data["rows"]})
     order = ["fp"] + list(CONFIGS)
     methods = ["fp", "rtn", "gptq", "gptq_act", "nf4", "smoothquant", "clipsearch", "omniquant", "omniquant_search",
-               "omniquant_e2e", "omniquant_let"]
+               "omniquant_e2e", "omniquant_default", "omniquant_let"]
     ordered = sorted(rows.values(), key=lambda r: (order.index(r["config"]), methods.index(r["method"])))
     _write(ordered, args, any(r.get("device") == "cuda" for r in ordered))
 

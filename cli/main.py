@@ -118,9 +118,14 @@ def quantize(
     abits: int = typer.Option(16, help="activation bits (4, 6, 8; 16 = weight-only); simulated, no integer kernel"),
     lwc: bool = typer.Option(True, "--lwc/--no-lwc", help="omniquant: learn weight clipping"),
     let: Optional[bool] = typer.Option(None, "--let/--no-let", help="omniquant: learn equivalent transformation (default: on for W-A, off for weight-only)"),
-    epochs: Optional[int] = typer.Option(None, help="omniquant: epochs per block (default 20; 40 for W2)"),
-    nsamples: int = typer.Option(128, help="gptq/omniquant: calibration samples"),
-    seqlen: int = typer.Option(2048, help="gptq/omniquant: calibration sequence length (up to the model's context)"),
+    epochs: Optional[int] = typer.Option(None, help="omniquant: epochs per block (default: its preset's)"),
+    nsamples: Optional[int] = typer.Option(None, help="gptq/omniquant: calibration samples (gptq: 128; omniquant: "
+                                           "its preset's)"),
+    seqlen: Optional[int] = typer.Option(None, help="gptq/omniquant: calibration sequence length, up to the model's "
+                                         "context (gptq: 2048; omniquant: its preset's)"),
+    preset: str = typer.Option("auto", help="omniquant: settings for what is not given: auto (published on a GPU, "
+                               "cpu otherwise), published (the paper's: hours on a CPU), cpu (within an hour on 2 "
+                               "cores for a 135M model: docs/quantization.md)"),
     calib: str = typer.Option("builtin", help="gptq/omniquant: builtin | file:PATH[#field] | generated | hf:NAME[:CONFIG][:SPLIT]"),
     batch_size: int = typer.Option(1, help="gptq/omniquant: samples per forward / optimizer step"),
     lr_lwc: float = typer.Option(1e-2, help="omniquant: LWC learning rate"),
@@ -141,7 +146,7 @@ def quantize(
     fields = dict(method=method, wbits=wbits, group_size=group_size, sym=sym, abits=abits,
                   ragged_last_group=ragged_last_group, embed_bits=embed_bits, skip=tuple(skip),
                   nsamples=nsamples, seqlen=seqlen, calib=calib, batch_size=batch_size, seed=seed,
-                  lwc=lwc, let=let, epochs=epochs, lr_lwc=lr_lwc, lr_let=lr_let, let_alpha=let_alpha)
+                  lwc=lwc, let=let, epochs=epochs, lr_lwc=lr_lwc, lr_let=lr_let, let_alpha=let_alpha, preset=preset)
     config = run_user(lambda: api.config_from_options("quantize", fields, set_))
     if config.abits < 16:
         console.print(f"activations at {config.abits} bits are simulated (fake-quantized per token): "

@@ -45,6 +45,7 @@ from .prune import PruneConfig
 from .quant import plan_linears, quantize_rtn
 from .quant.gptq import GPTQConfig, quantize_gptq
 from .quant.omniquant import OmniQuantConfig, quantize_omniquant
+from .quant.omniquant.config import FINETUNE_CONTEXT
 from .recipe import yaml_value
 
 @dataclass
@@ -100,7 +101,18 @@ def run_gptq(ctx: PassContext, config: GPTQConfig) -> dict[str, Any]:
     return _quantized(ctx, quantize_gptq(ctx.model, config, ids, progress=ctx.progress))
 
 
+def _resolved(ctx: PassContext, config: OmniQuantConfig) -> OmniQuantConfig:
+    """``config`` with its preset decided for the model's device (the published settings on a GPU)."""
+    return config.resolved(next(ctx.model.parameters()).device.type,
+                           getattr(ctx.model.config, "max_position_embeddings", None))
+
+
 def run_omniquant(ctx: PassContext, config: OmniQuantConfig) -> dict[str, Any]:
+    if not config.is_resolved:
+        config = _resolved(ctx, config)
+        hint = "; preset=published (--preset published) runs the paper's settings" if config.preset == "cpu" else ""
+        ctx.note(f"omniquant: the {config.preset} preset for a model on {next(ctx.model.parameters()).device.type}: "
+                 f"{config.settings_line()}{hint}")
     ids = _calibration(ctx, config)
     state = None if ctx.state_dir is None else str(ctx.state_dir)
     # the end-to-end stage learns from the parent: the teacher given, else the model before quantization
@@ -118,13 +130,14 @@ def finetune_config(config: OmniQuantConfig, context: int = 2048) -> DistillConf
     2048 tokens (or the model's ``context``) of the calibration source with retrieval exercises mixed in
     (bench/results/distill.md's best W3 setting)."""
     steps = config.finetune_steps
-    return DistillConfig(steps=steps, lr=config.finetune_lr, warmup_steps=min(2, steps // 4), seqlen=min(2048, context),
-                         seqlen_schedule=(0.5, 1.0) if steps >= 2 else (), quant_params_only=True,
+    return DistillConfig(steps=steps, lr=config.finetune_lr, warmup_steps=min(2, steps // 4),
+                         seqlen=min(FINETUNE_CONTEXT, context), seqlen_schedule=(0.5, 1.0) if steps >= 2 else (), quant_params_only=True,
                          retrieval_mix=config.finetune_retrieval_mix, data=config.calib, seed=config.seed)
 
 
 def _omniquant_units(ctx: PassContext, config: OmniQuantConfig) -> int:
     count_quantizable(ctx.model, config)  # validate first
+    config = _resolved(ctx, config)
     return len(get_arch(ctx.model).blocks_of(ctx.model)) * config.epochs + config.finetune_steps
 
 
@@ -226,7 +239,8 @@ def config_from_options(kind: str, values: dict[str, Any], settings: list[str] |
             raise ConfigError(f"--set {item}: {spec.method} has no field {name.strip()!r}; its fields: "
                               f"{', '.join(sorted(names - {'version', 'extra'}))}")
         extra[name.strip()] = yaml_value(text)
-    return make_config(kind, {k: v for k, v in values.items() if k in names} | extra)
+    # an option left at None takes the config's default (for omniquant: its preset's value)
+    return make_config(kind, {k: v for k, v in values.items() if k in names and v is not None} | extra)
 
 
 def pass_units(model: nn.Module, kind: str, config: Any) -> int:

@@ -115,7 +115,9 @@ class QuantConfig(JsonConfig):
         """Build the config class of ``d["method"]`` (``QuantConfig`` for rtn), as registered."""
         method = d.get("method", "rtn")
         if cls is QuantConfig:
-            cls = REGISTRY.get("quantize", method).config
+            target = REGISTRY.get("quantize", method).config
+            if target is not QuantConfig:
+                return target.from_dict(d)  # its own from_dict (e.g. reading an older saved recipe)
         cls.check_dict(d, "recipe's config", CONFIG_VERSION)
         d = dict(d)
         d["skip"] = tuple(d.get("skip", ()))

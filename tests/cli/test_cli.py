@@ -421,7 +421,7 @@ def test_other_commands_report_missing_model(runner, tmp_path, command):
 
 
 OMNI = ["--method", "omniquant", "--wbits", "3", "--group-size", "32", "--epochs", "2", "--nsamples", "4",
-        "--seqlen", "64", "--no-eval"]
+        "--seqlen", "64", "--no-eval", "--preset", "published"]
 
 
 def test_omniquant_from_the_cli_records_its_recipe_and_cleans_its_state(runner, tiny_dir, tmp_path):
@@ -434,6 +434,21 @@ def test_omniquant_from_the_cli_records_its_recipe_and_cleans_its_state(runner, 
     assert q["recipe"]["method"] == "omniquant" and q["recipe"]["epochs"] == 2 and q["recipe"]["abits"] == 8
     assert len(q["report"]["blocks"]) == 2 and q["report"]["activation_quantization"].startswith("simulated")
     assert all(v["abits"] == 8 for v in q["linears"].values())
+
+
+def test_omniquant_with_no_settings_runs_the_cpu_preset_on_a_cpu(runner, tiny_dir, tmp_path):
+    out = tmp_path / "omni"
+    result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), "--method", "omniquant", "--wbits", "4",
+                                 "--group-size", "32", "--no-eval", "--epochs", "1", "--nsamples", "2",
+                                 "--set", "finetune_steps=2"])
+    assert result.exit_code == 0, result.output
+    assert "the cpu preset for a model on cpu" in result.output and "--preset published" in result.output
+    q = json.loads((out / "config.json").read_text())["quantization_config"]
+    recipe = q["recipe"]
+    assert recipe["preset"] == "cpu" and recipe["clip_init"] == "search" and recipe["patience"] == 2
+    assert recipe["seqlen"] == 512  # the preset's 2048, capped at the tiny model's context
+    assert (recipe["nsamples"], recipe["epochs"], recipe["finetune_steps"]) == (2, 1, 2)  # given: they stay
+    assert q["report"]["distillation"]["steps"] == 2
 
 
 def test_omniquant_cli_resumes_an_interrupted_run(runner, tiny_dir, tmp_path, monkeypatch):

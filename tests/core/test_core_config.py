@@ -95,15 +95,53 @@ def test_omniquant_config_round_trips_through_the_method_dispatch():
         OmniQuantConfig(let_alpha=1.5)
 
 
-def test_omniquant_epochs_default_follows_the_width():
+def test_omniquant_published_preset_follows_the_width():
     from compresskit.quant.omniquant import OmniQuantConfig
 
-    assert OmniQuantConfig(wbits=2).epochs == 40  # published: 40 epochs for W2, 20 otherwise
-    assert OmniQuantConfig(wbits=3).epochs == 20
-    assert OmniQuantConfig(wbits=2, epochs=5).epochs == 5
-    cfg = OmniQuantConfig(wbits=2)
+    assert OmniQuantConfig(wbits=2, preset="published").epochs == 40  # published: 40 epochs for W2, 20 otherwise
+    assert OmniQuantConfig(wbits=3, preset="published").epochs == 20
+    assert OmniQuantConfig(wbits=2, epochs=5, preset="published").epochs == 5
+    cfg = OmniQuantConfig(wbits=2, preset="published")
     assert json.loads(cfg.to_json())["epochs"] == 40  # the saved recipe holds the number, not None
     assert QuantConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_omniquant_auto_preset_is_decided_by_the_device_and_explicit_values_win():
+    from compresskit.quant.omniquant import OmniQuantConfig
+    from compresskit.quant.omniquant.config import preset_values
+
+    auto = OmniQuantConfig(wbits=3, epochs=7)
+    assert auto.preset == "auto" and auto.nsamples is None and auto.finetune_steps is None and not auto.is_resolved
+    gpu, cpu = auto.resolved("cuda"), auto.resolved("cpu")
+    assert gpu.preset == "published" and (gpu.nsamples, gpu.seqlen, gpu.clip_init, gpu.finetune_steps) == (128, 2048,
+                                                                                                           "constant", 0)
+    want = preset_values("cpu", 3)
+    assert cpu.preset == "cpu" and cpu.is_resolved
+    assert {k: getattr(cpu, k) for k in want if k != "epochs"} == {k: v for k, v in want.items() if k != "epochs"}
+    assert gpu.epochs == cpu.epochs == 7  # given explicitly: no preset changes it
+    assert cpu.resolved("cuda") is cpu  # resolved once, for good
+    short = auto.resolved("cpu", context=256)
+    assert short.seqlen == 256 and short.finetune_steps == 0  # fits the model's context; no room for the stage
+    assert OmniQuantConfig(wbits=3, finetune_steps=3).resolved("cpu", context=256).finetune_steps == 3
+    assert OmniQuantConfig(wbits=3, seqlen=64).resolved("cpu", context=256).seqlen == 64
+    # weight-activation configs skip the end-to-end stage (it distills weight-only scales)
+    assert OmniQuantConfig(wbits=4, abits=4).resolved("cpu").finetune_steps == 0
+    assert QuantConfig.from_json(cpu.to_json()) == cpu and QuantConfig.from_json(auto.to_json()) == auto
+    with pytest.raises(ConfigError, match="preset='fast'"):
+        OmniQuantConfig(preset="fast")
+    with pytest.raises(ConfigError, match="epochs=-1"):
+        OmniQuantConfig(epochs=-1)  # an auto config checks what it was given
+
+
+def test_a_saved_omniquant_recipe_from_before_presets_reads_as_published():
+    from compresskit.quant.omniquant import OmniQuantConfig
+
+    old = {"method": "omniquant", "wbits": 3, "group_size": 64, "nsamples": 16, "seqlen": 512, "epochs": 5,
+           "version": 1}  # saved before clip_init / patience / finetune_steps / preset existed
+    cfg = QuantConfig.from_dict(old)
+    assert type(cfg) is OmniQuantConfig and cfg.preset == "published"
+    assert (cfg.clip_init, cfg.patience, cfg.finetune_steps) == ("constant", 0, 0)
+    assert QuantConfig.from_dict({k: v for k, v in old.items() if k != "version"}).preset == "auto"  # a user's dict
 
 
 def test_omniquant_let_default_follows_the_published_scripts():

@@ -98,7 +98,7 @@ def test_omniquant_w3g64_on_the_real_model_beats_rtn_and_reloads(tmp_path, fp_mo
     rtn = copy.deepcopy(fp)
     compresskit.quantize(rtn, compresskit.QuantConfig(wbits=3, group_size=64, embed_bits=16))
     omni = copy.deepcopy(fp)
-    cfg = OmniQuantConfig(wbits=3, group_size=64, embed_bits=16, nsamples=4, seqlen=256, epochs=2)
+    cfg = OmniQuantConfig(wbits=3, group_size=64, embed_bits=16, nsamples=4, seqlen=256, epochs=2, preset="published")
     manifest = compresskit.quantize(omni, cfg, tokenizer=tok)
     assert manifest.report["fallback_blocks"] == [] and len(manifest.report["blocks"]) == 30
     ppl = {name: perplexity(m, tok, text, 512, max_windows=2).ppl for name, m in (("rtn", rtn), ("omni", omni))}

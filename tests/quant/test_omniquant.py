@@ -10,7 +10,7 @@ from conftest import make_tiny_model, make_tiny_tokenizer
 from torch.func import functional_call
 
 import compresskit
-from compresskit.core.arch import get_arch
+from compresskit.core.arch import get_arch, get_module
 from compresskit.core.config import ConfigError, QuantConfig
 from compresskit.quant.omniquant import OmniQuantConfig
 from compresskit.core.manifest import LinearEntry
@@ -20,7 +20,8 @@ from compresskit.quant.omniquant.block import NO_CLIP, BlockQuantizer
 from compresskit.quant.omniquant.let import Geometry, apply_let
 from compresskit.quant.omniquant.lwc import lwc_fake_quantize, lwc_pack
 
-SMALL = dict(wbits=3, group_size=32, epochs=3, nsamples=4, seqlen=32, batch_size=2, embed_bits=16, let=True)
+SMALL = dict(wbits=3, group_size=32, epochs=3, nsamples=4, seqlen=32, batch_size=2, embed_bits=16, let=True,
+             preset="published")
 
 
 def _ids(n=4, length=32, seed=0):
@@ -265,6 +266,30 @@ def test_searched_clipping_starts_closer_than_the_constant_start():
         with torch.no_grad():
             errors[init] = float((m(ids).logits - ref).pow(2).mean())
     assert errors["search"] < errors["constant"], errors
+
+
+def test_clip_search_leaves_v_proj_at_the_constant_start_unless_told():
+    model = make_tiny_model("llama")
+    ids = _ids(8, 64)
+    arch = get_arch(model)
+    packed = {}
+    for name, extra in (("constant", {"clip_init": "constant"}), ("search", {"clip_init": "search"}),
+                        ("everywhere", {"clip_init": "search", "clip_search_skip": []})):
+        m = copy.deepcopy(model)
+        cfg = OmniQuantConfig(**{**SMALL, "let": False, "epochs": 0, "nsamples": 8, "seqlen": 64, **extra})
+        compresskit.quantize(m, cfg, calib=ids)
+        block = m.model.layers[0]
+        packed[name] = {role: get_module(block, getattr(arch, role)).scales.clone()
+                        for role in ("q_proj", "v_proj", "o_proj", "down_proj")}
+    # v_proj is skipped by default: the constant start, exactly
+    assert torch.equal(packed["search"]["v_proj"], packed["constant"]["v_proj"])
+    assert not torch.equal(packed["everywhere"]["v_proj"], packed["constant"]["v_proj"])
+    for role in ("q_proj", "o_proj", "down_proj"):
+        assert not torch.equal(packed["search"][role], packed["constant"][role])
+    cfg = OmniQuantConfig(**{**SMALL, "clip_search_skip": ["v_proj", "o_proj"]})
+    assert cfg.clip_search_skip == ("v_proj", "o_proj") and QuantConfig.from_json(cfg.to_json()) == cfg
+    with pytest.raises(ConfigError, match="unknown linear role.*'value'"):
+        OmniQuantConfig(**{**SMALL, "clip_search_skip": ["value"]})
 
 
 def test_training_stops_when_the_block_loss_stalls(monkeypatch):

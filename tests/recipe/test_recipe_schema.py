@@ -27,7 +27,8 @@ def test_a_recipe_parses_into_typed_passes_with_an_implicit_save():
     assert [p.kind for p in recipe.passes] == ["prune", "distill", "quantize", "eval", "save"]
     assert recipe.passes[-1].index == 0 and recipe.work_path.name == "o.recipe-work"
     prune, distill, quantize, ev, _ = (p.config for p in recipe.passes)
-    assert prune.mlp == 0.25 and type(quantize).__name__ == "OmniQuantConfig" and quantize.epochs == 20
+    assert prune.mlp == 0.25 and type(quantize).__name__ == "OmniQuantConfig" and quantize.preset == "auto"
+    assert quantize.epochs is None and quantize.resolved("cuda").epochs == 20  # decided on the device it runs on
     assert distill.checkpoint_every == 2  # a tenth of the steps unless the recipe says
     assert isinstance(ev, EvalPass) and ev.tasks == ("passkey",) and ev.gated
 

@@ -78,6 +78,12 @@ class BlockQuantizer:
         self.base = {k: v.detach().float().clone() for k, v in block.named_parameters()}
         self.device = next(block.parameters()).device
 
+    @property
+    def searched(self) -> list[str]:
+        """The linears whose clipping ``clip_init="search"`` starts from the search (not ``clip_search_skip``)."""
+        skip = {getattr(self.arch, role) for role in self.cfg.clip_search_skip}
+        return [name for name in self.entries if name not in skip]
+
     # -- parameters -------------------------------------------------------------------------------
     def _clip_factors(self, value: float) -> dict[str, dict[str, torch.Tensor]]:
         out = {}
@@ -91,7 +97,7 @@ class BlockQuantizer:
         lwc = self._clip_factors(4.0 if self.cfg.lwc else NO_CLIP)
         if self.cfg.lwc and stats and not self.cfg.let:
             for name, entry in self.entries.items():
-                if f"gram.{name}" in stats:
+                if f"gram.{name}" in stats and name in self.searched:
                     found = search_clip(self.base[f"{name}.weight"], stats[f"gram.{name}"].to(self.device), entry)
                     lwc[name] = {k: v.to(self.device) for k, v in found.items()}
         let = None

@@ -1,13 +1,40 @@
 """The OmniQuant pass's settings (registered as the ``omniquant`` quantize method by compresskit.api_passes)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from ...core.config import CalibratedConfig
 from ...core.errors import ConfigError
 
 
 CLIP_INITS = ("constant", "search")
+LINEAR_ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # fields of ArchSpec
+PRESETS = ("auto", "published", "cpu")
+PRESET_FIELDS = ("nsamples", "seqlen", "epochs", "clip_init", "patience", "finetune_steps")
+
+
+def preset_values(preset: str, wbits: int, abits: int = 16) -> dict[str, Any]:
+    """The settings ``preset`` gives the fields in `PRESET_FIELDS` that were left unset.
+
+    - ``published``: the paper's scripts (128 x 2048 tokens, 20 epochs, 40 for W2, LWC from 4.0, no early
+      stopping, no end-to-end stage): about 10 hours for SmolLM2-135M on a 2-core CPU.
+    - ``cpu``: the budgeted pipeline measured best within 60 minutes on a 2-core CPU for SmolLM2-135M
+      (bench/results/quality_budget.md): the searched clipping start, a few block epochs with early
+      stopping, then the end-to-end scales-only stage (weight-only configs: with simulated activation
+      quantization the stage is not run).
+    """
+    if preset == "published":
+        return dict(nsamples=128, seqlen=2048, epochs=40 if wbits == 2 else 20, clip_init="constant", patience=0,
+                    finetune_steps=0)
+    if preset == "cpu":
+        return dict(nsamples=CPU_NSAMPLES, seqlen=CPU_SEQLEN, epochs=CPU_EPOCHS, clip_init="search", patience=2,
+                    finetune_steps=CPU_FINETUNE_STEPS if abits >= 16 else 0)
+    raise ConfigError(f"preset={preset!r} is unknown; use {', '.join(PRESETS)}")
+
+
+CPU_NSAMPLES, CPU_SEQLEN, CPU_EPOCHS, CPU_FINETUNE_STEPS = 16, 2048, 5, 40
+FINETUNE_CONTEXT = 2048  # the end-to-end stage's longest windows
 
 
 @dataclass(frozen=True)
@@ -15,11 +42,15 @@ class OmniQuantConfig(CalibratedConfig):
     """OmniQuant (Shao et al., ICLR 2024): learnable weight clipping and equivalent transformation,
     trained block by block against the full-precision block's output.
 
+    - ``preset``: what the settings left unset (None) become: "published" (the paper's), "cpu" (the
+      budgeted pipeline for a CPU, see `preset_values`) or "auto" (the default: "published" for a model on
+      a GPU, "cpu" otherwise, decided by `resolved` when the pass runs; the manifest holds the outcome).
+      The fields it fills: ``nsamples``, ``seqlen``, ``epochs``, ``clip_init``, ``patience``,
+      ``finetune_steps``; a value given explicitly always wins.
     - ``lwc`` / ``let``: learn clipping factors / equivalent-transformation scales. ``let=None``
       (the default) resolves as the published scripts run it: on for weight-activation configs,
       off for weight-only ones (on SmolLM2-135M W4 it cost passkey accuracy; see bench/README.md).
-    - ``epochs``: passes over the calibration samples per block; None (the default) resolves to the
-      published 20, or 40 for W2, when the config is built, so the saved JSON holds the number.
+    - ``epochs``: passes over the calibration samples per block (published: 20, or 40 for W2).
       ``epochs=0`` with ``lwc=False`` is SmoothQuant-style scaling followed by rounding.
     - ``lr_lwc`` / ``lr_let``: AdamW learning rates (published 1e-2 / 5e-3), no weight decay.
     - ``let_alpha``: SmoothQuant migration strength for the LET init (None: 0.75 for W4A4, else 0.5).
@@ -28,6 +59,10 @@ class OmniQuantConfig(CalibratedConfig):
     - ``clip_init``: where LWC starts: "constant" (the published 4.0, a clipping ratio of 0.982) or
       "search" (per row and group, the ratio with the least output error on the block's own inputs, as
       AWQ's auto-clip; weight-only without LET, else "constant" is used).
+    - ``clip_search_skip``: linears (by role: ``q_proj`` ... ``down_proj``, as the architecture map names
+      them) that the search leaves at the constant start: by default v_proj. Searched clipping of the values
+      costs retrieval (SmolLM2-135M W4 g64: passkey at 2K / 4K 70% / 30% searched everywhere, 100% / 100%
+      with v_proj skipped, at a lower perplexity; docs/quantization.md).
     - ``patience``: stop a block's training when its epoch loss has not fallen by 0.1% for this many
       epochs (0: run every epoch, as published); the best epoch's parameters are kept either way.
     - ``finetune_steps``: after the blocks, this many steps of end-to-end distillation against the parent
@@ -38,6 +73,9 @@ class OmniQuantConfig(CalibratedConfig):
     """
 
     method: str = "omniquant"
+    preset: str = "auto"
+    nsamples: int | None = None
+    seqlen: int | None = None
     lwc: bool = True
     let: bool | None = None
     epochs: int | None = None
@@ -45,16 +83,67 @@ class OmniQuantConfig(CalibratedConfig):
     lr_let: float = 5e-3
     let_alpha: float | None = None
     max_retries: int = 2
-    clip_init: str = "constant"
-    patience: int = 0
-    finetune_steps: int = 0
+    clip_init: str | None = None
+    clip_search_skip: tuple[str, ...] = ("v_proj",)
+    patience: int | None = None
+    finetune_steps: int | None = None
     finetune_lr: float = 1e-2
     finetune_retrieval_mix: float = 0.5
 
     def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset={self.preset!r} is unknown; use {', '.join(PRESETS)}")
+        # "auto" keeps its unset fields None until `resolved` knows the device; they are checked here with
+        # the published values, which every preset's values pass as well
+        preset = "published" if self.preset == "auto" else self.preset
+        unset = [name for name in PRESET_FIELDS if getattr(self, name) is None]
+        for name, value in preset_values(preset, self.wbits, self.abits).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         super().__post_init__()
-        if self.epochs is None:
-            object.__setattr__(self, "epochs", 40 if self.wbits == 2 else 20)
+        self._check()
+        if self.preset == "auto":
+            for name in unset:
+                object.__setattr__(self, name, None)
+
+    def resolved(self, device_type: str, context: int | None = None) -> "OmniQuantConfig":
+        """This config with ``preset="auto"`` decided for a model on ``device_type`` ("cuda", "cpu", ...):
+        the published settings on a GPU, the ``cpu`` preset elsewhere; the settings given explicitly stay.
+        For a model whose ``context`` is short, an unset ``seqlen`` is capped at it, and an unset
+        ``finetune_steps`` is 0 below 2048 tokens (the stage's windows, with room for retrieval exercises)."""
+        if self.preset != "auto":
+            return self
+        preset = "published" if device_type in ("cuda", "xpu") else "cpu"
+        seqlen, steps = self.seqlen, self.finetune_steps
+        if context is not None:
+            if seqlen is None:
+                seqlen = min(preset_values(preset, self.wbits, self.abits)["seqlen"], context)
+            if steps is None and context < FINETUNE_CONTEXT:
+                steps = 0
+        return replace(self, preset=preset, seqlen=seqlen, finetune_steps=steps)
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.preset != "auto"
+
+    def settings_line(self) -> str:
+        """The calibration settings in words (e.g. for a note of which preset ran)."""
+        start = "the search" if self.clip_init == "search" else "4.0"
+        return (f"{self.nsamples} x {self.seqlen} calibration tokens, {self.epochs} epochs per block (patience "
+                f"{self.patience}), clipping from {start}, {self.finetune_steps} end-to-end steps")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OmniQuantConfig":
+        # a saved recipe (it carries a version) from before presets ran with the published defaults
+        if "version" in d and "preset" not in d:
+            d = {"preset": "published", **d}
+        return super().from_dict(d)
+
+    def _check(self) -> None:
+        object.__setattr__(self, "clip_search_skip", tuple(self.clip_search_skip))
+        unknown = sorted(set(self.clip_search_skip) - set(LINEAR_ROLES))
+        if unknown:
+            raise ConfigError(f"clip_search_skip: unknown linear role(s) {unknown}; use some of {', '.join(LINEAR_ROLES)}")
         if self.let is None:
             object.__setattr__(self, "let", self.abits < 16)
         if self.epochs < 0:

@@ -28,7 +28,9 @@ from .state import StateStore, tensor_fingerprint
 
 def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.Tensor, *,
                        work_dir: str | None = None, progress: Progress | None = None) -> QuantManifest:
-    """Quantize ``model`` in place with OmniQuant on ``calib_ids`` ``[nsamples, seqlen]``."""
+    """Quantize ``model`` in place with OmniQuant on ``calib_ids`` ``[nsamples, seqlen]`` (a ``preset="auto"``
+    config is resolved for the model's device first). The end-to-end stage (``finetune_steps``) is the API's."""
+    cfg = cfg.resolved(next(model.parameters()).device.type, getattr(model.config, "max_position_embeddings", None))
     plans, skipped = plan_linears(model, cfg)  # validates every layer before anything changes
     arch, geo = get_arch(model), Geometry.from_config(model.config)
     quantize_emb = plan_embeddings(model, cfg, arch)
@@ -49,10 +51,10 @@ def quantize_omniquant(model: nn.Module, cfg: OmniQuantConfig, calib_ids: torch.
                     "fc1": get_module(block, arch.gate_proj)} if cfg.let else None
         # the fp block's output on the fp stream is this block's target and the next block's fp input:
         # the old fp stream is dropped here, so two streams (fp, quantized) live at any time
-        grams_of = ({n: get_module(block, n) for n in entries[i]}
+        bq = BlockQuantizer(block, arch, geo, cfg, entries[i])
+        grams_of = ({n: get_module(block, n) for n in bq.searched}
                     if cfg.lwc and cfg.clip_init == "search" and not cfg.let else None)
         fp_stream, stats = run_block(block, fp_stream, kwargs, cfg.batch_size, stats_of, grams_of)
-        bq = BlockQuantizer(block, arch, geo, cfg, entries[i])
         saved = store.load(i) if store else None
         if saved is not None:
             state, report = saved
