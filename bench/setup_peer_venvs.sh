@@ -56,3 +56,27 @@ EOF
         versions "$HFQ_VENV" torch transformers compresskit hqq optimum-quanto ||
         echo "compresskit into hfq venv FAILED (see the pip error above)"
 fi
+
+# A third venv for the weight-quantizer peers (bench/quant_peers.py): $GPTQMODEL_VENV (default
+# /work/peers/gptqmodel-venv): GPTQModel 7.7.0 (it asks for torch>=2.14.1, so --no-deps on the CPU torch 2.13;
+# the imports it really needs listed by hand; maturin and ninja, build tools for its JIT kernels, are not),
+# HQQ 0.2.8.post1, bitsandbytes 0.50.2 (NF4 on CPU), transformers 5.25 and compresskit (editable, --no-deps).
+#   bash bench/setup_peer_venvs.sh gptqmodel
+GPTQMODEL_VENV=${GPTQMODEL_VENV:-/work/peers/gptqmodel-venv}
+if [[ $which == all || $which == gptqmodel ]]; then
+    echo "== weight-quantizer peers venv: $GPTQMODEL_VENV"
+    deps=$("$PY" - "$REPO/pyproject.toml" <<'PYEOF'
+import sys, tomllib
+deps = tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]
+print(" ".join(d for d in deps if not d.startswith(("torch", "transformers"))))
+PYEOF
+)
+    mkvenv "$GPTQMODEL_VENV" &&
+        "$GPTQMODEL_VENV/bin/pip" install -q "torch==2.13.0" "transformers==5.25.0" $deps \
+            einops termcolor protobuf packaging &&
+        "$GPTQMODEL_VENV/bin/pip" install -q --no-deps -e "$REPO" &&
+        "$GPTQMODEL_VENV/bin/pip" install -q --no-deps "gptqmodel==7.7.0" defuser device-smi logbar pypcre tokenicer \
+            torchao threadpoolctl "hqq==0.2.8.post1" "bitsandbytes==0.50.2" &&
+        versions "$GPTQMODEL_VENV" torch transformers compresskit gptqmodel hqq bitsandbytes torchao ||
+        echo "gptqmodel venv FAILED (see the pip error above)"
+fi
