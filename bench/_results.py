@@ -1,12 +1,16 @@
-"""What bench scripts share: timing a call (`median_time`) and writing results, ``OUT.md`` (the table)
-and ``OUT.json`` (settings and rows).
+"""What bench scripts share: timing a call (`median_time`), writing results, ``OUT.md`` (the table)
+and ``OUT.json`` (settings and rows), and what the quality benches (quality.py, quant_peers.py,
+clip_skip.py) score alike: the docs text (`docs_text`), RTN's gap closed (`gap_share`) and their
+evaluation and run options (`add_eval_options`).
 
 Bench scripts are run by path (``python bench/prune.py``), so this sits beside them and is imported
 as ``_results``.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -35,3 +39,28 @@ def write_results(out: str | Path, md: str, data: dict[str, Any], echo: bool = F
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".md").write_text(md)
     path.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+def docs_text() -> str:
+    """compresskit's docs/*.md joined in name order: text of another kind than the calibration split
+    (technical prose with commands and tables), so a method is not only scored on its calibration source."""
+    return "\n\n".join(p.read_text() for p in sorted((Path(__file__).parent.parent / "docs").glob("*.md")))
+
+
+def gap_share(rtn: float, method: float, fp: float) -> float:
+    """The share of RTN's log-perplexity gap to fp that ``method`` closes: (log rtn - log m) / (log rtn - log fp)."""
+    return (math.log(rtn) - math.log(method)) / (math.log(rtn) - math.log(fp))
+
+
+def add_eval_options(ap: argparse.ArgumentParser, out: Path) -> None:
+    """The evaluation and run options the quality benches share (one spelling, one default each)."""
+    ap.add_argument("--lengths", default="2048,4096")
+    ap.add_argument("--ppl-windows", type=int, default=4)
+    ap.add_argument("--passkey-trials", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(out))
+    ap.add_argument("--no-fp", action="store_true", help="skip the fp row (when merging with a run that has it)")
+    ap.add_argument("--merge", help="comma-separated result JSONs (same settings) to combine into --out; "
+                    "a later file's row replaces an earlier one's for the same config and method")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help=argparse.SUPPRESS)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from quality import _other_text  # bench/quality.py (scripts run by path)
+from _results import docs_text  # bench/_results.py (scripts run by path)
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
                                passkey_trials=10, seed=0, cache=False)
     row |= {f"{r.task}@{r.length}": round(r.score, 2) for r in rep.rows}
     docs = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=[2048], ppl_windows=4, seed=0, cache=False,
-                                text=_other_text())
+                                text=docs_text())
     row |= {f"ppl_docs@{r.length}": round(r.score, 2) for r in docs.rows}
     print(json.dumps(row), flush=True)
     with open(args.out, "a") as fh:

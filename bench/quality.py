@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import write_results  # bench/_results.py (scripts run by path)
+from _results import add_eval_options, docs_text, gap_share, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {  # name -> QuantConfig fields
     "w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64),
@@ -88,17 +88,10 @@ def run_one(args: argparse.Namespace) -> dict:
                                   cache=False)
     scores = {f"{r.task}@{r.length}": r.score for r in report.rows}
     other = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=args.lengths[:1], ppl_windows=args.ppl_windows,
-                                 seed=args.seed, cache=False, text=_other_text())
+                                 seed=args.seed, cache=False, text=docs_text())
     scores |= {f"ppl_docs@{r.length}": r.score for r in other.rows}
     return {"method": method, "config": name, "calib_s": calib_s, "peak_bytes": peak, "device": device,
             "scores": scores, "eval_s": report.seconds}
-
-
-def _other_text() -> str:
-    """Text of another kind than the calibration split: compresskit's own docs (technical prose with
-    commands and tables, written for this project), so a method is not only scored on its calibration
-    source."""
-    return "\n\n".join(p.read_text() for p in sorted((Path(__file__).parent.parent / "docs").glob("*.md")))
 
 
 def _nf4(model) -> None:
@@ -126,16 +119,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--finetune-steps", type=int, default=20, help="end-to-end steps of omniquant_e2e")
-    ap.add_argument("--lengths", default="2048,4096")
-    ap.add_argument("--ppl-windows", type=int, default=4)
-    ap.add_argument("--passkey-trials", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quality"))
-    ap.add_argument("--no-fp", action="store_true", help="skip the fp row (when merging with a run that has it)")
-    ap.add_argument("--merge", help="comma-separated result JSONs (same settings) to combine into --out; "
-                    "a later file's row replaces an earlier one's for the same config and method")
-    ap.add_argument("--one", help=argparse.SUPPRESS)
-    ap.add_argument("--json", help=argparse.SUPPRESS)
+    add_eval_options(ap, Path(__file__).parent / "results" / "quality")
     args = ap.parse_args()
     args.lengths = [int(x) for x in str(args.lengths).split(",")]
     if args.one:
@@ -204,11 +188,8 @@ def _line(r: dict, lengths: list[int]) -> str:
 
 def _gap_closed(rows: list[dict], fp_ppl: float, key: str) -> dict[str, float]:
     """config/method -> the share of the same config's RTN log-perplexity gap the method closes."""
-    import math
-
     rtn = {r["config"]: r["scores"][key] for r in rows if r["method"] == "rtn" and key in r.get("scores", {})}
-    return {f"{r['config']}/{r['method']}": (math.log(rtn[r["config"]]) - math.log(r["scores"][key]))
-            / (math.log(rtn[r["config"]]) - math.log(fp_ppl))
+    return {f"{r['config']}/{r['method']}": gap_share(rtn[r["config"]], r["scores"][key], fp_ppl)
             for r in rows if key in r.get("scores", {}) and r["method"] not in ("fp", "rtn") and r["config"] in rtn
             and rtn[r["config"]] > fp_ppl}
 

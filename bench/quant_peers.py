@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import resource
 import subprocess
@@ -36,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import write_results  # bench/_results.py (scripts run by path)
+from _results import add_eval_options, docs_text, gap_share, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {"w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64)}
 OURS = ("fp", "rtn", "gptq", "gptq_act")
@@ -296,22 +295,13 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--damp", type=float, default=0.01, help="GPTQModel damp_percent (compresskit's GPTQ: 0.01)")
-    ap.add_argument("--lengths", default="2048,4096")
-    ap.add_argument("--ppl-windows", type=int, default=4)
-    ap.add_argument("--passkey-trials", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
+    add_eval_options(ap, Path(__file__).parent / "results" / "quant_peers")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each row")
     ap.add_argument("--gptqmodel-workers", type=int, default=1, help="GPTQModel's cpu worker threads")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "quant_peers"))
-    ap.add_argument("--no-fp", action="store_true", help="skip the fp row (when merging with a run that has it)")
-    ap.add_argument("--merge", help="comma-separated result JSONs (same settings) to combine into --out; "
-                    "a later file's row replaces an earlier one's for the same config and method")
     ap.add_argument("--docs-file", help="score this text file instead of docs/*.md (read once, as those are)")
     ap.add_argument("--docs-only", action="store_true", help="quantize and score the docs perplexity only; "
                     "--merge puts it into the same rows of the other files")
     ap.add_argument("--docs-sha256", help=argparse.SUPPRESS)
-    ap.add_argument("--one", help=argparse.SUPPRESS)
-    ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args()
     args.lengths = [int(x) for x in str(args.lengths).split(",")]
     if args.one:
@@ -329,7 +319,7 @@ def main() -> None:
         jobs += [(m, name) for name in args.configs.split(",")
                  if m != "fp" and not (m in ONLY_W4 and CONFIGS[name]["wbits"] != 4)]
     with tempfile.TemporaryDirectory() as tmp:
-        docs = Path(args.docs_file).read_text() if args.docs_file else _other_text()
+        docs = Path(args.docs_file).read_text() if args.docs_file else docs_text()
         args.docs_file = str(Path(tmp) / "docs.txt")
         Path(args.docs_file).write_text(docs)
         args.docs_sha256 = hashlib.sha256(docs.encode()).hexdigest()[:16]
@@ -353,11 +343,6 @@ def main() -> None:
             print(_line(rows[-1], args.lengths, {}), flush=True)
             _write(rows, args, echo=False)  # after every row: a stopped run keeps what it finished
     _write(rows, args, echo=True)
-
-
-def _other_text() -> str:
-    """compresskit's docs/*.md, as bench/quality.py's ``_other_text`` (text of another kind than the calibration)."""
-    return "\n\n".join(p.read_text() for p in sorted((Path(__file__).parent.parent / "docs").glob("*.md")))
 
 
 def _git_head() -> str:
@@ -415,8 +400,7 @@ def _gap(rows: list[dict], key: str) -> dict[tuple[str, str], float]:
         lambda r: r.get("docs_sha256") == fp_row.get("docs_sha256"))
     rtn = {r["config"]: r["scores"][key] for r in rows
            if r["method"] == "rtn" and key in r.get("scores", {}) and same(r)}
-    return {(r["config"], r["method"]): (math.log(rtn[r["config"]]) - math.log(r["scores"][key]))
-            / (math.log(rtn[r["config"]]) - math.log(fp))
+    return {(r["config"], r["method"]): gap_share(rtn[r["config"]], r["scores"][key], fp)
             for r in rows if key in r.get("scores", {}) and r["method"] not in ("fp", "rtn")
             and r["config"] in rtn and rtn[r["config"]] > fp and same(r)}
 
