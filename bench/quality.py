@@ -90,6 +90,10 @@ def run_one(args: argparse.Namespace) -> dict:
     other = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=args.lengths[:1], ppl_windows=args.ppl_windows,
                                  seed=args.seed, cache=False, text=docs_text())
     scores |= {f"ppl_docs@{r.length}": r.score for r in other.rows}
+    if args.extra_tasks:  # needle tasks, as many samples per length as passkey trials
+        extra = compresskit.evaluate(model, tok, tasks=args.extra_tasks.split(","), lengths=args.lengths,
+                                     samples=args.passkey_trials, seed=args.seed, cache=False)
+        scores |= {f"{r.task}@{r.length}": r.score for r in extra.rows}
     return {"method": method, "config": name, "calib_s": calib_s, "peak_bytes": peak, "device": device,
             "scores": scores, "eval_s": report.seconds}
 
@@ -119,6 +123,8 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--finetune-steps", type=int, default=20, help="end-to-end steps of omniquant_e2e")
+    ap.add_argument("--extra-tasks", default="", help="comma-separated evaluation tasks scored at every length "
+                    "besides ppl and passkey, e.g. niah_single_1,niah_multikey_1 (samples = --passkey-trials)")
     add_eval_options(ap, Path(__file__).parent / "results" / "quality")
     args = ap.parse_args()
     args.lengths = [int(x) for x in str(args.lengths).split(",")]
@@ -150,7 +156,7 @@ def main() -> None:
                 rows.append({"method": method, "config": name, "error": proc.stderr.strip().splitlines()[-1:]})
             else:
                 rows.append(json.loads(out.read_text()))
-        print(_line(rows[-1], args.lengths), flush=True)
+        print(_line(rows[-1], args.lengths, _retrieval_keys(rows, args.lengths)), flush=True)
     _write(rows, args, cuda)
 
 
@@ -172,16 +178,23 @@ def _forward(args) -> list[str]:
     out = ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
            "--lengths", ",".join(map(str, args.lengths)), "--ppl-windows", str(args.ppl_windows),
            "--passkey-trials", str(args.passkey_trials), "--seed", str(args.seed)]
-    out += ["--finetune-steps", str(args.finetune_steps)]
+    out += ["--finetune-steps", str(args.finetune_steps), "--extra-tasks", args.extra_tasks]
     return out + (["--epochs", str(args.epochs)] if args.epochs is not None else [])
 
 
-def _line(r: dict, lengths: list[int]) -> str:
+def _retrieval_keys(rows: list[dict], lengths: list[int]) -> list[str]:
+    """passkey@length columns, then those of any other task a row was scored on (e.g. --extra-tasks)."""
+    tasks = ["passkey"] + sorted({k.split("@")[0] for r in rows for k in r.get("scores", {})}
+                                 - {"ppl", "ppl_docs", "passkey"})
+    return [f"{t}@{n}" for t in tasks for n in lengths]
+
+
+def _line(r: dict, lengths: list[int], keys: list[str]) -> str:
     if "error" in r:
         return f"| {r['config']} | {r['method']} | error: {' '.join(r['error'])} |"
     s = r["scores"]
     cols = [f"{s.get(f'ppl@{lengths[0]}', float('nan')):.2f}", f"{s.get(f'ppl_docs@{lengths[0]}', float('nan')):.2f}"]
-    cols += [f"{s.get(f'passkey@{n}', float('nan')):.0f}%" for n in lengths]
+    cols += [f"{s[k]:.0f}%" if k in s else "-" for k in keys]
     return (f"| {r['config']} | {r['method']} | " + " | ".join(cols)
             + f" | {r['calib_s']:.0f} | {r['peak_bytes'] / 2**30:.2f} |")
 
@@ -196,9 +209,10 @@ def _gap_closed(rows: list[dict], fp_ppl: float, key: str) -> dict[str, float]:
 
 def _write(rows: list[dict], args, cuda: bool) -> None:
     fp = next((r for r in rows if r["method"] == "fp" and "scores" in r), None)
-    head = (f"| config | method | ppl@{args.lengths[0]} | ppl@{args.lengths[0]} docs | "
-            + " | ".join(f"passkey@{n}" for n in args.lengths) + " | calib s | peak GiB |\n|" + "---|" * (6 + len(args.lengths)))
-    lines = [head] + [_line(r, args.lengths) for r in rows]
+    keys = _retrieval_keys(rows, args.lengths)
+    head = (f"| config | method | ppl@{args.lengths[0]} | ppl@{args.lengths[0]} docs | " + " | ".join(keys)
+            + " | calib s | peak GiB |\n|" + "---|" * (6 + len(keys)))
+    lines = [head] + [_line(r, args.lengths, keys) for r in rows]
     if fp:
         base = fp["scores"][f"ppl@{args.lengths[0]}"]
         lines.append("")

@@ -12,8 +12,10 @@ from rich.markup import escape
 from compresskit import api
 
 from .common import (
-    csv, force_option, no_eval_option, passkey_trials_option, ppl_windows_option, print_push, private_option,
-    push_to_hub_option, run_user, samples_option, token_option,
+    EXIT_GATE_FAILED, EXIT_USER_ERROR, csv, force_option, longbench_limit_option, longbench_option, max_drop_option,
+    max_ppl_increase_option, no_eval_option, passkey_trials_option, ppl_windows_option, print_push, private_option,
+    push_to_hub_option, revision_option, run_user, samples_option, tasks_option, token_option, with_revision,
+    check_device, device_option, dtype_option,
 )
 from .render import comparison_table, console, err_console, phase_progress
 
@@ -22,21 +24,25 @@ def apply(
     kind: str = typer.Argument(..., help="the pass: quantize, prune, distill, or one registered "
                                "with compresskit.register", metavar="PASS"),
     model: str = typer.Argument(..., help="embedded model name (smollm2-135m), local directory, or hub id"),
+    revision: Optional[str] = revision_option(),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
     set_: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE",
                                    help="a setting of the pass (VALUE read as YAML: 3, 3e-4, true, a list); "
                                         "repeatable"),
     teacher: Optional[str] = typer.Option(None, help="for a pass that learns from a teacher (default: MODEL)"),
-    tasks: str = typer.Option("ppl,passkey", "--eval", help="evaluation tasks before and after (see compresskit eval)"),
+    tasks: str = tasks_option("ppl,passkey"),
     no_eval: bool = no_eval_option(),
     lengths: str = typer.Option("1024", help="evaluation lengths in tokens, comma-separated"),
-    max_drop: Optional[float] = typer.Option(None, help="gate: refuse to save if any task at any length drops by "
-                                             "more than this many points (perplexity: percent)"),
-    max_ppl_increase: Optional[float] = typer.Option(None, help="gate: allowed perplexity increase in percent"),
+    max_drop: Optional[float] = max_drop_option(),
+    max_ppl_increase: Optional[float] = max_ppl_increase_option(),
     force: bool = force_option(),
     ppl_windows: int = ppl_windows_option(),
     passkey_trials: int = passkey_trials_option(),
     samples: int = samples_option(),
+    longbench: Optional[Path] = longbench_option(),
+    longbench_limit: Optional[int] = longbench_limit_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
     push_to_hub: Optional[str] = push_to_hub_option(),
     private: bool = private_option(),
@@ -44,10 +50,12 @@ def apply(
 ) -> None:
     """Run one registered PASS on MODEL with its settings (--set FIELD=VALUE), evaluate it against MODEL, and
     save it unless the gate fails."""
+    model = with_revision(model, revision)
+    check_device(device, dtype)
     if not api.REGISTRY.has(kind):
         err_console.print(f"[bold red]error:[/] unknown pass {escape(kind)!r}; passes: "
                           f"{escape(', '.join(api.REGISTRY.kinds()))}", soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_USER_ERROR)
     settings = run_user(lambda: api.config_from_options(kind, {}, [*set_]) if not api.REGISTRY.multi_method(kind)
                         else _multi(kind, set_))
     run_user(lambda: api.check_output(output, overwrite))
@@ -55,12 +63,14 @@ def apply(
     if not no_eval:
         evaluation = run_user(lambda: api.eval_settings(
             tasks=csv(tasks), lengths=csv(lengths, int), ppl_windows=ppl_windows, passkey_trials=passkey_trials,
-            samples=samples)).to_dict() | {"max_drop": max_drop, "max_ppl_increase": max_ppl_increase}
+            samples=samples, longbench_path=None if longbench is None else str(longbench),
+            longbench_limit=longbench_limit)).to_dict() | {"max_drop": max_drop, "max_ppl_increase": max_ppl_increase}
     before_bytes = run_user(lambda: api.checkpoint_bytes(model))
     try:
         with phase_progress() as on_event:
             result = run_user(lambda: api.run_pass(
                 model, output, kind, settings, evaluation=evaluation, teacher=teacher, overwrite=overwrite,
+                device=device, dtype=dtype,
                 force=force, token=token, push=None if not push_to_hub else {"repo": push_to_hub, "private": private},
                 progress=on_event))
     except api.GateFailedError as e:
@@ -68,7 +78,7 @@ def apply(
                                        e.evaluation.child))
         err_console.print(f"[bold red]not saved:[/] gate {escape(e.comparison.summary())}; report in "
                           f"{escape(str(e.report))}; rerun with --force to save anyway", soft_wrap=True)
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_GATE_FAILED)
     ev = result.evaluation
     name = getattr(settings, "name", kind)
     console.print(comparison_table(f"{model} -> {output} ({name}, {result.pass_seconds[1]:.1f}s)", before_bytes,

@@ -14,6 +14,12 @@ from .render import console, err_console
 
 DEBUG_HINT = "set COMPRESSKIT_DEBUG=1 for the full traceback"
 
+# Exit codes, the same on every command (docs/cli.md). An uncaught exception is a bug: Python prints its
+# traceback and exits with 1.
+EXIT_CRASH = 1
+EXIT_USER_ERROR = 2  # bad input (an option, a path, a model): one line on stderr, nothing written (Click's too)
+EXIT_GATE_FAILED = 3  # the evaluation gate failed: nothing saved (`eval`: the report is still written)
+
 
 def run_user(fn: Callable[[], Any]) -> Any:
     """``fn()``, with a user error (a ``CompresskitError``) reported in one line and exit code 2. Any other
@@ -25,7 +31,7 @@ def run_user(fn: Callable[[], Any]) -> Any:
             raise  # the full traceback, for bug reports
         # escaped: a path like "runs/[v2]" is text, not rich markup; soft_wrap: one line even when piped
         err_console.print(f"[bold red]error:[/] {escape(str(e))}", soft_wrap=True)
-        raise typer.Exit(2)
+        raise typer.Exit(EXIT_USER_ERROR)
 
 
 def csv(value: str, cast: Callable[[str], Any] = str) -> list[Any]:
@@ -35,7 +41,64 @@ def csv(value: str, cast: Callable[[str], Any] = str) -> list[Any]:
         raise typer.BadParameter(f"expected a comma-separated list, got {value!r}")
 
 
-# options every evaluating command (quantize, prune, distill, eval) shares, spelled once
+# options every evaluating command (quantize, prune, distill, apply, eval) shares, spelled once
+TASKS_HELP = ("comma-separated: ppl, passkey, niah (= niah_single_1), niah_single_1..3, niah_multikey_1..3, "
+              "niah_multivalue, niah_multiquery, vt, cwe, fwe, longbench:<dataset>")
+
+
+def tasks_option(default: str, what: str = "evaluation tasks before and after") -> Any:
+    """``--tasks`` on every command (``--eval`` is its older spelling, still accepted)."""
+    return typer.Option(default, "--tasks", "--eval", help=f"{what}: {TASKS_HELP}")
+
+
+def max_drop_option(than: str = "drops by") -> Any:
+    return typer.Option(None, help=f"gate: refuse to save if any task at any length {than} more than this many "
+                        "points (perplexity: percent); exit code 3")
+
+
+def max_ppl_increase_option() -> Any:
+    return typer.Option(None, help="gate: allowed perplexity increase in percent (default: --max-drop)")
+
+
+def longbench_option() -> Any:
+    return typer.Option(None, help="directory of LongBench jsonl files (for longbench:<dataset>)")
+
+
+def longbench_limit_option() -> Any:
+    return typer.Option(None, help="first N LongBench records per dataset")
+
+
+def device_option() -> Any:
+    return typer.Option("auto", "--device", help="where to load and run: auto (a GPU when there is one, else the "
+                        "CPU), cpu, cuda, cuda:N, xpu")
+
+
+def dtype_option() -> Any:
+    return typer.Option("auto", "--dtype", help="what to load the model in: auto (bfloat16 on a GPU, float16 on one "
+                        "without bf16, float32 on the CPU), bfloat16, float16, float32")
+
+
+def check_device(device: str, dtype: str) -> tuple[str, str]:
+    """Fail before any work on a device or dtype this machine cannot use."""
+    resolved = run_user(lambda: api.resolve_device(device))
+    run_user(lambda: api.resolve_dtype(dtype, resolved))
+    return device, dtype
+
+
+def revision_option() -> Any:
+    return typer.Option(None, "--revision", help="with a hub id: the branch, tag or commit to download "
+                        "(default: main)", show_default=False)
+
+
+def with_revision(model: str, revision: str | None) -> str:
+    """``org/name`` + ``--revision REV`` -> ``org/name@REV``, how the API names a hub model at a revision."""
+    return f"{model}@{revision}" if revision else model
+
+
+def json_option() -> Any:
+    """``--json`` means one thing on every command: print JSON on stdout instead of a table."""
+    return typer.Option(False, "--json", help="print JSON on stdout instead of a table (progress goes to stderr)")
+
 def no_eval_option() -> Any:
     return typer.Option(False, "--no-eval", help="skip the evaluation (and the gate)")
 

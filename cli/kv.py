@@ -12,12 +12,15 @@ from rich.markup import escape
 
 from compresskit import api
 
-from .common import csv, run_user
+from .common import check_device, csv, device_option, dtype_option, revision_option, run_user, with_revision
 from .render import console, status
 
 
 def kv(
     path: str = typer.Argument(..., help="model (embedded name, directory, or hub id)"),
+    revision: Optional[str] = revision_option(),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     methods: str = typer.Option("streaming,snapkv,tova", help="presses, comma-separated: streaming, snapkv, tova, "
                                 "knorm, random, retrieval-heads, ada-snapkv, ada-tova (AdaKV budgets)"),
     ratios: str = typer.Option("0.25,0.5,0.75", help="share of the prompt's cache each press drops"),
@@ -34,13 +37,15 @@ def kv(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --output directory"),
 ) -> None:
     """Sweep KV-cache policies on a model: scores vs compression ratio, memory and speed, full cache first."""
+    path = with_revision(path, revision)
+    check_device(device, dtype)
     specs = ["full", *(f"{m}:{r}" for m in csv(methods) for r in csv(ratios, float)),
              *(f"kivi:{b}" for b in csv(bits, int)), *(p.strip() for p in policies.split(";") if p.strip())]
     parsed = run_user(lambda: [s if s == "full" else api.KVPolicy.parse(s) for s in specs])  # bad specs fail here
     if output is not None:
         run_user(lambda: api.check_output(output, overwrite))
     with status(f"loading {path}"):
-        model, tok = run_user(lambda: api.load_model(path))
+        model, tok = run_user(lambda: api.load_model(path, device=device, dtype=dtype))
     total, done = len(parsed) * len(csv(lengths, int)), [0]
 
     def progress(n: int, message: Optional[str] = None) -> None:

@@ -20,8 +20,10 @@ from . import kv as kv_cmd  # kv: KV-cache policies side by side
 from . import publish  # export, push
 from . import recipe  # run: recipes
 from .common import (
-    csv, force_option, kv_option, no_eval_option, passkey_trials_option, ppl_windows_option, print_push, private_option,
-    push_to_hub_option, run_user, samples_option, token_option,
+    EXIT_GATE_FAILED, csv, force_option, json_option, kv_option, longbench_limit_option, longbench_option,
+    max_drop_option, max_ppl_increase_option, no_eval_option, passkey_trials_option, ppl_windows_option, print_push,
+    check_device, device_option, dtype_option, private_option, push_to_hub_option, revision_option, run_user,
+    samples_option, tasks_option, token_option, with_revision,
 )
 from .render import (
     comparison_table, console, distill_table, err_console, gate_table, info_table, phase_progress, progress_bar,
@@ -31,8 +33,19 @@ from .render import (
 app = typer.Typer(help="Compress Hugging Face causal LMs and check them at long context.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-TASKS_HELP = ("comma-separated: ppl, passkey, niah (= niah_single_1), niah_single_1..3, niah_multikey_1..3, "
-              "niah_multivalue, niah_multiquery, vt, cwe, fwe, longbench:<dataset>")
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"compresskit {api.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print compresskit's version and exit")) -> None:
+    """Compress Hugging Face causal LMs and check them at long context. Exit codes: 0 done, 1 crashed (a bug:
+    the traceback is printed), 2 bad input (one line on stderr), 3 an evaluation gate failed (nothing saved)."""
+
 DEFAULT_TASKS = "ppl,passkey,niah_single_1,niah_multikey_1,vt,cwe"
 PRUNE_TASKS = "ppl,passkey,niah_single_1"
 
@@ -46,10 +59,10 @@ def _eval_settings(tasks: str, lengths: str, ppl_windows: int, passkey_trials: i
                              longbench_limit=longbench_limit, cache=cache, kv=kv)
 
 
-def _evaluate(model: Any, tokenizer: Any, label: str, settings: Any):
-    """Evaluate with a progress bar (rows reused from the cache advance it at once)."""
+def _evaluate(model: Any, tokenizer: Any, label: str, settings: Any, to: Any = console):
+    """Evaluate with a progress bar on ``to`` (rows reused from the cache advance it at once)."""
     text = api.heldout_text()
-    with progress_bar(f"evaluating {label}", api.eval_units(tokenizer, settings, text)) as advance:
+    with progress_bar(f"evaluating {label}", api.eval_units(tokenizer, settings, text), to) as advance:
         return api.evaluate(model, tokenizer, settings, text=text, progress=advance)
 
 
@@ -75,7 +88,7 @@ def _gate_failed(e: Any, table: Any) -> None:
     console.print(table)
     err_console.print(f"[bold red]not saved:[/] gate {escape(e.comparison.summary())}; report in "
                       f"{escape(str(e.report))}; rerun with --force to save anyway", soft_wrap=True)
-    raise typer.Exit(3)
+    raise typer.Exit(EXIT_GATE_FAILED)
 
 
 def _finish(result: Any) -> None:
@@ -91,6 +104,9 @@ def _finish(result: Any) -> None:
 @app.command()
 def quantize(
     model: str = typer.Argument(..., help="embedded model name (smollm2-135m), local directory, or hub id"),
+    revision: Optional[str] = revision_option(),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
     method: str = typer.Option("rtn", help=f"quantization method: {', '.join(api.REGISTRY.methods('quantize'))}"),
     wbits: int = typer.Option(4, help="weight bits: 2, 3, 4 or 8"),
@@ -100,19 +116,17 @@ def quantize(
     embed_bits: int = typer.Option(8, help="token embedding / lm_head storage: 8 (int8 rows) or 16 (float)"),
     skip: list[str] = typer.Option([], help="module name (or suffix) to keep in full precision; repeatable"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
-    tasks: str = typer.Option(DEFAULT_TASKS, "--eval", help="evaluation tasks before and after: " + TASKS_HELP),
+    tasks: str = tasks_option(DEFAULT_TASKS),
     no_eval: bool = no_eval_option(),
     lengths: str = typer.Option("1024", help="evaluation lengths in tokens, comma-separated"),
-    max_drop: Optional[float] = typer.Option(None, help="gate: refuse to save if any task at any length drops by "
-                                             "more than this many points (perplexity: percent)"),
-    max_ppl_increase: Optional[float] = typer.Option(None, help="gate: allowed perplexity increase in percent "
-                                                     "(default: --max-drop)"),
+    max_drop: Optional[float] = max_drop_option(),
+    max_ppl_increase: Optional[float] = max_ppl_increase_option(),
     force: bool = force_option(),
     ppl_windows: int = ppl_windows_option(),
     passkey_trials: int = passkey_trials_option(),
     samples: int = samples_option(),
-    longbench: Optional[Path] = typer.Option(None, help="directory of LongBench jsonl files (for longbench:<dataset>)"),
-    longbench_limit: Optional[int] = typer.Option(None, help="first N LongBench records per dataset"),
+    longbench: Optional[Path] = longbench_option(),
+    longbench_limit: Optional[int] = longbench_limit_option(),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the parent's scores computed before"),
     seed: int = typer.Option(0, help="random seed"),
     abits: int = typer.Option(16, help="activation bits (4, 6, 8; 16 = weight-only); simulated, no integer kernel"),
@@ -142,6 +156,8 @@ def quantize(
 ) -> None:
     """Quantize MODEL, evaluate it against the original at each length, and save it unless the gate
     (--max-drop / --max-ppl-increase) fails."""
+    model = with_revision(model, revision)
+    check_device(device, dtype)
     # every option goes in; the method's config class keeps the ones it takes (and --set the rest)
     fields = dict(method=method, wbits=wbits, group_size=group_size, sym=sym, abits=abits,
                   ragged_last_group=ragged_last_group, embed_bits=embed_bits, skip=tuple(skip),
@@ -156,7 +172,7 @@ def quantize(
                                                longbench_limit, cache))
     before_bytes = run_user(lambda: api.checkpoint_bytes(model))
     try:
-        result = _run_pass(model, output, "quantize", config, evaluation=_evaluation(no_eval, settings, max_drop,
+        result = _run_pass(model, output, "quantize", config, device=device, dtype=dtype, evaluation=_evaluation(no_eval, settings, max_drop,
                                                                                      max_ppl_increase),
                            push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
                            state_dir=work_dir, keep_state=keep_state, kv=kv)
@@ -173,6 +189,9 @@ def quantize(
 @app.command()
 def prune(
     model: str = typer.Argument(..., help="embedded model name (smollm2-135m), local directory, or hub id"),
+    revision: Optional[str] = revision_option(),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
     mlp: float = typer.Option(0.0, help="fraction of MLP channels to remove, in [0, 1)"),
     heads: float = typer.Option(0.0, help="fraction of attention heads to remove (uniform per KV group), in [0, 1)"),
@@ -191,17 +210,17 @@ def prune(
     seqlen: int = typer.Option(2048, help="calibration sequence length (up to the model's context)"),
     seed: int = typer.Option(0, help="random seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
-    tasks: str = typer.Option(PRUNE_TASKS, "--eval", help="evaluation tasks before and after: " + TASKS_HELP),
+    tasks: str = tasks_option(PRUNE_TASKS),
     no_eval: bool = no_eval_option(),
-    max_drop: Optional[float] = typer.Option(None, help="gate: refuse to save if any task at any length drops by "
-                                             "more than this many points (perplexity: percent)"),
-    max_ppl_increase: Optional[float] = typer.Option(None, help="gate: allowed perplexity increase in percent "
-                                                     "(default: --max-drop)"),
+    max_drop: Optional[float] = max_drop_option(),
+    max_ppl_increase: Optional[float] = max_ppl_increase_option(),
     force: bool = force_option(),
     lengths: str = typer.Option("1024,2048", help="evaluation lengths in tokens, comma-separated"),
     ppl_windows: int = ppl_windows_option(),
     passkey_trials: int = passkey_trials_option(),
     samples: int = samples_option(),
+    longbench: Optional[Path] = longbench_option(),
+    longbench_limit: Optional[int] = longbench_limit_option(),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the parent's scores computed before"),
     kv: Optional[str] = kv_option(),
     push_to_hub: Optional[str] = push_to_hub_option(),
@@ -211,17 +230,19 @@ def prune(
 
     """Remove MLP channels, attention heads and layers from MODEL (keeping its retrieval heads), print a
     before/after table, and save a plain float checkpoint that stock transformers loads."""
+    model = with_revision(model, revision)
+    check_device(device, dtype)
     config = run_user(lambda: api.make_prune_config(
         mlp=mlp, heads=heads, layers=layers, head_unit="group" if kv_groups else "query",
         protect_retrieval=protect_retrieval, protect_fraction=protect_fraction, retrieval_length=retrieval_length,
         retrieval_samples=retrieval_samples, calib=calib, nsamples=nsamples, seqlen=seqlen, seed=seed,
         **({"retrieval_score": retrieval_score} if retrieval_score else {})))
     run_user(lambda: api.check_output(output, overwrite))
-    settings = run_user(lambda: _eval_settings(tasks, lengths, ppl_windows, passkey_trials, samples, seed, None, None,
-                                               cache))
+    settings = run_user(lambda: _eval_settings(tasks, lengths, ppl_windows, passkey_trials, samples, seed, longbench,
+                                               longbench_limit, cache))
     before_bytes = run_user(lambda: api.checkpoint_bytes(model))
     try:
-        result = _run_pass(model, output, "prune", config, evaluation=_evaluation(no_eval, settings, max_drop,
+        result = _run_pass(model, output, "prune", config, device=device, dtype=dtype, evaluation=_evaluation(no_eval, settings, max_drop,
                                                                                   max_ppl_increase),
                            push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
                            record_ungated=False, kv=kv)
@@ -245,6 +266,8 @@ def prune(
 def distill(
     teacher: str = typer.Option(..., "--teacher", help="the parent model (embedded name, directory, or hub id)"),
     student: str = typer.Option(..., "--student", help="the compressed model: pruned (float) or quantized"),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
     data: str = typer.Option("builtin", help="builtin | file:PATH[#field] | generated | hf:NAME[:CONFIG][:SPLIT]"),
     retrieval_mix: float = typer.Option(0.0, help="share of the windows (0..1) made retrieval exercises: facts "
@@ -286,17 +309,17 @@ def distill(
     mixed_precision: str = typer.Option("auto", help="auto (bf16 on CUDA, fp32 on CPU) | no | bf16 | fp16"),
     seed: int = typer.Option(0, help="random seed (data windows and evaluation)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
-    tasks: str = typer.Option(PRUNE_TASKS, "--eval", help="evaluation tasks (teacher, before, after): " + TASKS_HELP),
+    tasks: str = tasks_option(PRUNE_TASKS, "evaluation tasks (teacher, before, after)"),
     no_eval: bool = no_eval_option(),
     lengths: str = typer.Option("", help="evaluation lengths, comma-separated (default: --seqlen)"),
-    max_drop: Optional[float] = typer.Option(None, help="gate: refuse to save if any task at any length is more than "
-                                             "this many points below the teacher (perplexity: percent)"),
-    max_ppl_increase: Optional[float] = typer.Option(None, help="gate: allowed perplexity increase over the "
-                                                     "teacher in percent (default: --max-drop)"),
+    max_drop: Optional[float] = max_drop_option("is below the teacher by"),
+    max_ppl_increase: Optional[float] = max_ppl_increase_option(),
     force: bool = force_option(),
     ppl_windows: int = ppl_windows_option(),
     passkey_trials: int = passkey_trials_option(),
     samples: int = samples_option(),
+    longbench: Optional[Path] = longbench_option(),
+    longbench_limit: Optional[int] = longbench_limit_option(),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the teacher's scores computed before"),
     kv: Optional[str] = kv_option(),
     push_to_hub: Optional[str] = push_to_hub_option(),
@@ -307,6 +330,8 @@ def distill(
     """Distill TEACHER into a pruned or quantized STUDENT (forward KL on logits at the target length),
     evaluate teacher / student before / after, and save unless the gate (--max-drop) fails.
     Under ``accelerate launch`` the same command trains data-parallel (or FSDP / DeepSpeed)."""
+    check_device(device, dtype)
+
     def floats(s: str) -> list[float]:
         return csv(s, float)
 
@@ -323,11 +348,11 @@ def distill(
     run_user(lambda: api.check_output(output, overwrite))
     main = api.is_main_process()  # under `accelerate launch` every process trains; only the main one reports
     settings = run_user(lambda: _eval_settings(tasks, lengths or str(config.seqlen), ppl_windows, passkey_trials,
-                                               samples, seed, None, None, cache))
+                                               samples, seed, longbench, longbench_limit, cache))
     evaluation = _evaluation(no_eval, settings, max_drop, max_ppl_increase, baseline=teacher)
     state = work_dir or output.with_name(output.name + ".distill-state")
     try:
-        result = _run_pass(student, output, "distill", config, teacher=teacher, evaluation=evaluation,
+        result = _run_pass(student, output, "distill", config, device=device, dtype=dtype, teacher=teacher, evaluation=evaluation,
                            push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
                            state_dir=state, keep_state=keep_state, main_process=main, kv=kv)
     except api.GateFailedError as e:
@@ -354,22 +379,25 @@ def _distill_title(student: str, teacher: str, output: Path, config: Any, summar
 @app.command("eval")
 def eval_cmd(
     path: str = typer.Argument(..., help="model to evaluate (embedded name, directory, or hub id)"),
-    tasks: str = typer.Option(DEFAULT_TASKS, help="tasks: " + TASKS_HELP),
+    revision: Optional[str] = revision_option(),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
+    tasks: str = tasks_option(DEFAULT_TASKS, "tasks"),
     lengths: str = typer.Option("1024,2048,4096", help="lengths in tokens, comma-separated"),
     baseline: Optional[str] = typer.Option(None, help="compare with this model (name or directory) or a saved "
                                            "report JSON"),
-    max_drop: Optional[float] = typer.Option(None, help="with --baseline: exit 1 if any task drops by more than "
-                                             "this many points (perplexity: percent)"),
+    max_drop: Optional[float] = typer.Option(None, help="with --baseline: exit with code 3 if any task drops by more "
+                                             "than this many points (perplexity: percent)"),
     max_ppl_increase: Optional[float] = typer.Option(None, help="allowed perplexity increase in percent"),
     output_dir: Optional[Path] = typer.Option(None, help="write report.json, report.md and PNG plots here"),
-    ppl_windows: int = typer.Option(8, help="perplexity windows per length"),
+    ppl_windows: int = ppl_windows_option(),
     passkey_trials: int = passkey_trials_option(),
     samples: int = samples_option(),
-    longbench: Optional[Path] = typer.Option(None, help="directory of LongBench jsonl files (for longbench:<dataset>)"),
-    longbench_limit: Optional[int] = typer.Option(None, help="first N LongBench records per dataset"),
+    longbench: Optional[Path] = longbench_option(),
+    longbench_limit: Optional[int] = longbench_limit_option(),
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse scores computed before for the same weights"),
     seed: int = typer.Option(0, help="random seed"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report as JSON here"),
+    as_json: bool = json_option(),
     kv: Optional[str] = typer.Option(None, "--kv", metavar="POLICY", help="generate under a KV-cache policy: "
                                      "snapkv:0.5, streaming:0.75, tova:0.5, knorm:0.5, random:0.5 (RATIO: share of "
                                      "the prompt's cache dropped), ada-snapkv:0.5 (AdaKV budgets), "
@@ -379,41 +407,48 @@ def eval_cmd(
 ) -> None:
     """Evaluate a model at several lengths (perplexity, passkey, RULER tasks, LongBench), optionally
     against a baseline."""
+    path = with_revision(path, revision)
+    check_device(device, dtype)
     settings = run_user(lambda: _eval_settings(tasks, lengths, ppl_windows, passkey_trials, samples, seed, longbench,
                                                longbench_limit, cache, kv))
+    out = err_console if as_json else console  # with --json, stdout carries only the JSON
     base = None
     if baseline is not None and Path(baseline).suffix == ".json" and Path(baseline).is_file():
         base = run_user(lambda: api.load_report(baseline))
     elif baseline is not None:
-        with status(f"loading {baseline}"):
-            bm, btok = run_user(lambda: api.load_model(baseline))
-        base = run_user(lambda: _evaluate(bm, btok, baseline, api.eval_settings(settings, kv=None)))
+        with status(f"loading {baseline}", out):
+            bm, btok = run_user(lambda: api.load_model(baseline, device=device, dtype=dtype))
+        base = run_user(lambda: _evaluate(bm, btok, baseline, api.eval_settings(settings, kv=None), out))
         del bm
-    with status(f"loading {path}"):
-        m, tok = run_user(lambda: api.load_model(path))
-    report = run_user(lambda: _evaluate(m, tok, path, settings))
+    with status(f"loading {path}", out):
+        m, tok = run_user(lambda: api.load_model(path, device=device, dtype=dtype))
+    report = run_user(lambda: _evaluate(m, tok, path, settings, out))
     kv_note = f" with KV cache {settings.kv}" if settings.kv else ""
     comparison = None
     if base is not None:
         comparison = run_user(lambda: api.compare(base, report, max_drop=max_drop, max_ppl_increase=max_ppl_increase))
+    if as_json:  # the shape of report.json (--output-dir): a saved copy is a valid --baseline
+        data = {"meta": {"title": f"Evaluation of {path}{kv_note}", "kv": settings.kv}}
+        data |= ({"model": report.to_dict()} if base is None else
+                 {"compressed": report.to_dict(), "parent": base.to_dict(), "comparison": comparison.to_dict()})
+        print(json.dumps(data, indent=2))
+    elif comparison is not None:
         console.print(gate_table(f"{path}{kv_note} vs {baseline} ({report.seconds:.0f}s)", comparison))
     else:
         console.print(report_table(f"{path}{kv_note} ({report.seconds:.0f}s)", report))
-    if json_out is not None:
-        api.write_report(json_out, report)
     if output_dir is not None:
         paths = api.write_eval_report(output_dir, report, base, comparison, meta={"title": f"Evaluation of {path}"})
-        console.print(f"report: {escape(', '.join(str(p) for p in paths))}")
+        out.print(f"report: {escape(', '.join(str(p) for p in paths))}")
     if comparison is not None and comparison.gate is not None:
-        console.print(f"gate: {escape(comparison.summary())}")
+        out.print(f"gate: {escape(comparison.summary())}")
         if not comparison.passed:
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_GATE_FAILED)
 
 
 @app.command()
 def info(
     path: str = typer.Argument(..., help="checkpoint directory or embedded model name"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    as_json: bool = json_option(),
 ) -> None:
     """Print a checkpoint's architecture, sizes and compression recipe."""
     data = run_user(lambda: api.info(path))
@@ -424,7 +459,7 @@ def info(
 
 
 @app.command()
-def kernels(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
+def kernels(as_json: bool = json_option()) -> None:
     """List the kernel backends: what each serves, where automatic choice uses it, whether it runs here."""
     rows = api.kernel_backends()
     if as_json:

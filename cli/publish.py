@@ -11,7 +11,9 @@ from rich.markup import escape
 
 from compresskit import api
 
-from .common import print_push, private_option, push_to_hub_option, run_user, token_option
+from .common import (
+    print_push, private_option, push_to_hub_option, revision_option, run_user, token_option, with_revision,
+)
 from .render import console, status
 
 def finish_saved(output: Path, push_to_hub: Optional[str] = None, private: bool = False,
@@ -26,7 +28,8 @@ def finish_saved(output: Path, push_to_hub: Optional[str] = None, private: bool 
 
 
 def export(
-    path: str = typer.Argument(..., help="a compresskit checkpoint directory (written by quantize / save)"),
+    path: str = typer.Argument(..., help="a compresskit checkpoint: directory (written by quantize / save) or hub id"),
+    revision: Optional[str] = revision_option(),
     format: str = typer.Option("gptq", "--format", "-f", help="gptq (v2: exact zero points) | gptq-v1 (zero - 1) | "
                                "compressed-tensors (pack-quantized)"),
     output: Path = typer.Option(..., "--output", "-o", help="directory to write (must not exist unless --overwrite)"),
@@ -39,6 +42,7 @@ def export(
     token: Optional[str] = token_option(),
 ) -> None:
     """Export a compresskit checkpoint to a format engines read (transformers, vLLM, GPTQModel)."""
+    path = with_revision(path, revision)
     with status(f"exporting {path} as {format}"):
         result = run_user(lambda: api.export_model(path, format, output, overwrite=overwrite, dtype=dtype,
                                                weights_only=weights_only))

@@ -11,7 +11,7 @@ from compresskit import api
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from .common import print_push, run_user, token_option
+from .common import EXIT_GATE_FAILED, check_device, device_option, dtype_option, print_push, run_user, token_option
 from .render import console, err_console, rows_table
 
 SHIPPED = "serve-4bit, smallest-4k-passkey"  # tests/cli/test_cli_recipe.py checks this against the package
@@ -66,12 +66,15 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory (one that "
                                    "holds this recipe's result with the same settings is left alone)"),
     token: Optional[str] = token_option(),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ) -> None:
     """Run a RECIPE: passes such as prune -> distill -> quantize -> eval (a gate against the original
     model) -> save -> push, listed with their settings in a YAML file (docs/recipes.md). The recipe is
     checked before anything runs (every problem in one error); each stage's result is kept in the work
     directory, so a rerun skips the stages whose settings and inputs did not change, and an interrupted
     distill or OmniQuant stage resumes. The output holds the resolved recipe as recipe.yaml."""
+    check_device(device, dtype)
     plan = run_user(lambda: api.plan_recipe(recipe, overrides=set_, work_dir=work_dir, overwrite=overwrite))
     if dry_run:
         console.print(rows_table(f"{plan.recipe.name}: {plan.recipe.model} -> {plan.recipe.output} (dry run: "
@@ -79,10 +82,11 @@ def run(
         return
     try:
         with recipe_progress(plan) as on_event:
-            result = run_user(lambda: api.run_recipe(plan, progress=on_event, force=force, token=token))
+            result = run_user(lambda: api.run_recipe(plan, progress=on_event, force=force, token=token,
+                                                        device=device, dtype=dtype))
     except api.GateFailedError as e:
         err_console.print(f"[bold red]not saved:[/] {escape(str(e))}", soft_wrap=True)
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_GATE_FAILED)
     _summary(api, result)
 
 

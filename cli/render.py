@@ -14,11 +14,12 @@ err_console = Console(stderr=True)
 
 
 @contextmanager
-def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
-    """A bar with an ETA; yields ``advance(n=1, message=None)`` (the message follows the description)."""
+def progress_bar(description: str, total: int, to: Console = console) -> Iterator[Callable[..., None]]:
+    """A bar with an ETA on ``to`` (stderr when stdout carries JSON); yields ``advance(n=1, message=None)``
+    (the message follows the description)."""
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=to, transient=False,
     ) as progress:
         task = progress.add_task(escape(description), total=total)
 
@@ -31,8 +32,8 @@ def progress_bar(description: str, total: int) -> Iterator[Callable[..., None]]:
 
 
 @contextmanager
-def status(message: str) -> Iterator[None]:
-    with console.status(escape(message)):
+def status(message: str, to: Console = console) -> Iterator[None]:
+    with to.status(escape(message)):
         yield
 
 

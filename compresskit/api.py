@@ -20,7 +20,7 @@ from .api_distill import (  # noqa: F401
 from .api_eval import compare, eval_settings, eval_units, evaluate, load_report, write_eval_report  # noqa: F401
 from .api_models import (  # noqa: F401
     USER_ERRORS, calibration_ids, check_output, checkpoint_bytes, copy_model, heldout_text, info, kernel_backends,
-    load_model, manifest_of, record, save, set_kernel_backend, write_report,
+    load_model, manifest_of, record, resolve_device, resolve_dtype, save, set_kernel_backend, write_report,
 )
 from .api_passes import (  # noqa: F401
     PassContext, apply, config_from_options, count_quantizable, make_config, pass_units, progress_units, quantize,
@@ -36,6 +36,7 @@ from .api_recipe_plan import RecipePlan, plan_recipe  # noqa: F401
 from .core.errors import CompresskitError  # noqa: F401
 from .core.record import ModelRecord, record_of  # noqa: F401
 from .core.registry import REGISTRY, PassSpec, register  # noqa: F401
+from .core.version import __version__  # noqa: F401
 from .eval.settings import EvalSettings  # noqa: F401
 from .api_kv_sweep import KVRow, KVSweep, continuation_ppl, kv_sweep, measure_cache  # noqa: F401
 from .api_kv import attach_kv, compress_kv, kv_head_scores, kv_memory, resolve_kv  # noqa: F401

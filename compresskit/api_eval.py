@@ -65,7 +65,8 @@ def evaluate(
     else ``$COMPRESSKIT_CACHE/eval``; or a directory; False: off) reuses rows computed before for the same
     weights and settings, so a parent model is scored once. ``cache_dequantized`` (default: on CPU)
     dequantizes each packed weight once for the run instead of on every forward; scores are identical,
-    memory is that of the dense model while it runs. ``progress(n)`` is called as units finish.
+    memory is that of the dense model while it runs. Generation tasks decode their prompts 8 at a time
+    (left-padded), one at a time under a KV-cache policy. ``progress(n)`` is called as units finish.
     """
     s = eval_settings(settings, **overrides)
     text = heldout_text() if text is None else text
@@ -84,7 +85,7 @@ def evaluate(
         return _evaluate(model, tokenizer, tasks=s.tasks, lengths=s.lengths, text=text, ppl_windows=s.ppl_windows,
                          passkey_trials=s.passkey_trials, samples=s.samples, seed=s.seed,
                          longbench_path=s.longbench_path, longbench_limit=s.longbench_limit, cache=row_cache,
-                         progress=progress)
+                         batch_size=1 if policy is not None else 8, progress=progress)
 
 
 def compare(parent: Any, child: Any, *, max_drop: float | None = None,

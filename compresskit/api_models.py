@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .api_publish import card_writer
+from .api_publish import card_writer, model_parent, public_fields
 from .core.errors import CompresskitError, InputError
 from .core.fsutil import check_output_dir, dir_size_bytes, write_json_atomic
 from .core.manifest import QuantManifest
@@ -32,22 +32,63 @@ USER_ERRORS: tuple[type[BaseException], ...] = (CompresskitError,)
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+def resolve_device(device: str | torch.device = "auto") -> str:
+    """``"auto"``: the GPU when there is one (CUDA, else XPU), else the CPU; any other value is checked
+    (``"cuda:1"`` on a machine with one GPU is a one-line error, not a crash deep in loading)."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        xpu = getattr(torch, "xpu", None)
+        return "xpu" if xpu is not None and xpu.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError as e:
+        raise InputError(f"device {name!r} is not a device: use auto, cpu, cuda, cuda:N or xpu") from e
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r}: this machine has no CUDA GPU (or torch is a CPU build); use --device cpu")
+    if kind == "cuda" and torch.device(name).index is not None and torch.device(name).index >= torch.cuda.device_count():
+        raise InputError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if kind not in ("cpu", "cuda", "xpu", "mps"):
+        raise InputError(f"device {name!r} is not supported: use auto, cpu, cuda, cuda:N or xpu")
+    return name
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "cpu") -> torch.dtype:
+    """``"auto"``: bfloat16 on a GPU that has it, float16 on one that does not, float32 on the CPU (CPUs
+    without bf16 hardware are many times slower in bf16); else ``bfloat16`` / ``float16`` / ``float32``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        kind = torch.device(device).type
+        if kind == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if kind == "xpu" else torch.float32
+    if dtype not in _DTYPES:
+        raise InputError(f"dtype {dtype!r} is not one of auto, {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
 def load_model(
     name_or_path: str | os.PathLike = DEFAULT_MODEL,
     *,
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
+    dtype: str | torch.dtype = "auto",
+    device: str = "auto",
     verify: bool = True,
     backend: str = "auto",
 ):
-    """``(model, tokenizer)`` for an embedded name (``smollm2-135m``), a local directory or a hub id.
+    """``(model, tokenizer)`` for an embedded name (``smollm2-135m``), a local directory or a hub id
+    (``org/name``, ``org/name@revision``), on ``device`` in ``dtype`` (`resolve_device`, `resolve_dtype`:
+    by default a GPU in bf16 when there is one, else the CPU in float32).
 
     Quantized compresskit checkpoints load too (their packed modules are rebuilt). ``verify``
     checks the files against the manifest's sha256 sums. ``backend`` picks the kernel of quantized
     layers (see `set_kernel_backend`). A checkpoint saved with a KV-cache policy generates under it
     (`compresskit.attach_kv(model, None)` goes back to the full cache).
     """
-    model, tokenizer = load_pretrained(name_or_path, dtype=dtype, device=device, verify=verify)
+    device = resolve_device(device)
+    model, tokenizer = load_pretrained(name_or_path, dtype=resolve_dtype(dtype, device), device=device,
+                                       verify=verify)
     if backend != "auto":
         set_kernel_backend(model, backend)
     kv = record_of(model).last("kv")
@@ -150,14 +191,22 @@ def save(
     manifest = rec.manifest
     if manifest is not None and rec.evaluation is not None:
         manifest.evaluation = rec.evaluation.to_dict()
-    card = card_writer(model, None if rec.evaluation is None else rec.evaluation.table_source(), path)
+    parent = model_parent(model)
+    # where the model came from, by public name only (hub id, embedded name, a directory's last part):
+    # no local path goes into a file that may be pushed
+    origin = parent.base_model or parent.source
+    if manifest is not None:
+        manifest.base_model = parent.base_model
+    card = card_writer(model, None if rec.evaluation is None else rec.evaluation.table_source(), path, parent)
 
     def finalize(directory: Path) -> None:
         _add_files(directory, files or {})
         card(directory)
 
     return save_native(model, tokenizer, path, manifest, overwrite=overwrite, storage_dtype=storage,
-                       sidecars=rec.side_files() or None, config_updates=rec.saved_config(), finalize=finalize)
+                       sidecars=rec.side_files() or None,
+                       config_updates=rec.saved_config() | {"_name_or_path": origin or ""}, finalize=finalize,
+                       scrub=public_fields)
 
 
 def _add_files(directory: Path, files: dict[str, str | bytes | os.PathLike]) -> None:

@@ -23,6 +23,7 @@ from .export.gptq import export_gptq
 from .export.hub import push_folder
 from .export.source import ExportError, NativeSource
 from .models import resolve_model
+from .models.loading import split_revision
 from .models.embedded import EMBEDDED
 
 EXPORT_FORMATS = ("gptq", "gptq-v1", "compressed-tensors")
@@ -40,6 +41,37 @@ class ExportResult:
         return {"path": str(self.path), "format": self.format, "notes": self.notes, "weights_bytes": self.weights_bytes}
 
 
+def public_name(name: str | os.PathLike | None) -> str | None:
+    """How a saved or pushed file names a model, a teacher or a data file: an embedded name, a hub id or a
+    data spec (``builtin``, ``hf:NAME``) as given; a local path by its last part only (``file:`` specs too),
+    so no file compresskit writes holds a local path."""
+    if name is None:
+        return None
+    name = str(name)
+    if name.startswith("file:"):
+        return "file:" + str(public_name(name[len("file:"):]))
+    path = Path(name).expanduser()
+    if name in EMBEDDED or ("/" not in name and not name.startswith("~")):
+        return name
+    if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.exists():
+        return name  # a hub id
+    return path.name or name
+
+
+def public_fields(d: Any, key: str = "") -> Any:
+    """``d`` (a recipe, a pass summary, a side file: JSON-able) as saved: ``model``, ``teacher`` and ``file:``
+    data specs by `public_name`, ``output`` by its last part, no ``work_dir``."""
+    if isinstance(d, dict):
+        return {k: public_fields(v, k) for k, v in d.items() if k != "work_dir"}
+    if isinstance(d, (list, tuple)):
+        return [public_fields(v, key) for v in d]
+    if isinstance(d, str) and key == "output":
+        return Path(d).name
+    if isinstance(d, str) and (key in ("model", "teacher") or d.startswith("file:")):
+        return public_name(d)
+    return d
+
+
 def card_parent(name: str | None, path: str | os.PathLike | None = None):
     """What a model loaded from ``name`` (resolved to ``path``) descends from, for its card: the
     embedded model's hub id and licence, a local directory's own card, or a hub id (and its licence
@@ -50,13 +82,16 @@ def card_parent(name: str | None, path: str | os.PathLike | None = None):
     if name in EMBEDDED:
         spec = EMBEDDED[name]
         return CardParent(source=name, base_model=spec.hub_id or None, license=spec.license or None, bytes=size)
-    if path is not None and path.is_dir():
+    if path is not None and path.is_dir() and not _is_hub_id(name, path):
         carried = parent_from_card(path)
         meta = read_card_metadata(path)
         base = carried.base_model if meta.get("compresskit") else None  # a compresskit artifact: its root
-        return CardParent(source=name, base_model=base, license=carried.license, bytes=size)
+        # a local directory is named by its last part only: saved and pushed files never hold a local path
+        return CardParent(source=public_name(name or path), base_model=base, license=carried.license, bytes=size)
     license_ = None
-    if name and name.count("/") == 1:
+    if path is not None and path.is_dir():  # a hub id, downloaded: its card is there
+        license_ = parent_from_card(path).license
+    elif name and name.count("/") == 1:
         try:
             from huggingface_hub import try_to_load_from_cache
 
@@ -65,7 +100,13 @@ def card_parent(name: str | None, path: str | os.PathLike | None = None):
                 license_ = parent_from_card(Path(cached).parent).license
         except Exception:  # no cache, or an unreadable card: the licence stays unknown
             license_ = None
-    return CardParent(source=name, base_model=name if name and name.count("/") == 1 else None, license=license_)
+    repo = None if name is None else split_revision(name)[0]  # org/name@rev: the base model is org/name
+    return CardParent(source=name, base_model=repo if repo and repo.count("/") == 1 else None, license=license_)
+
+
+def _is_hub_id(name: str | None, path: Path) -> bool:
+    """``name`` is a hub id whose files sit in the local hub cache at ``path`` (not a directory of the user's)."""
+    return bool(name) and name.count("/") == 1 and not Path(name).expanduser().is_dir() and path != Path(name)
 
 
 def model_parent(model: Any):
@@ -75,10 +116,11 @@ def model_parent(model: Any):
     return card_parent(name, source.path)
 
 
-def card_writer(model: Any, evaluation: dict[str, Any] | None, path: str | os.PathLike) -> Callable[[Path], None]:
+def card_writer(model: Any, evaluation: dict[str, Any] | None, path: str | os.PathLike,
+                parent: CardParent | None = None) -> Callable[[Path], None]:
     """What `compresskit.save` calls on its temporary directory: writes the card of the artifact that
     becomes ``path``."""
-    parent = model_parent(model)
+    parent = parent or model_parent(model)
     name = Path(path).name
 
     def finalize(directory: Path) -> None:

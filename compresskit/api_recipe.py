@@ -58,7 +58,8 @@ def _clean_work_dir(plan: RecipePlan) -> None:
 def run_recipe(recipe: str | os.PathLike | Recipe | Mapping[str, Any] | RecipePlan, *,
                overrides: Sequence[str] | Mapping[str, Any] | None = None,
                work_dir: str | os.PathLike | None = None, progress: Callable[[RecipeEvent], None] | None = None,
-               force: bool = False, overwrite: bool = False, token: str | None = None) -> RecipeResult:
+               force: bool = False, overwrite: bool = False, token: str | None = None, device: str = "auto",
+               dtype: str = "auto") -> RecipeResult:
     """Run ``recipe`` (a YAML file, a shipped name such as ``"serve-4bit"``, a mapping or a `Recipe`) with
     ``overrides`` (``["quantize.wbits=3", "output=DIR"]`` or a mapping). Everything is validated first
     (`plan_recipe`: one `RecipeError` listing every problem). Each stage's result is written atomically
@@ -66,14 +67,16 @@ def run_recipe(recipe: str | os.PathLike | Recipe | Mapping[str, Any] | RecipePl
     result is there is not run again, an interrupted distill or OmniQuant stage resumes from its state.
     A failing eval gate raises `GateFailedError` and saves nothing unless ``force``. The output (with
     ``recipe.yaml``, the resolved recipe) replaces an existing directory only with ``overwrite``, unless it
-    already holds this recipe's result (then nothing is written). ``token`` is for the push pass. A
+    already holds this recipe's result (then nothing is written). ``token`` is for the push pass; ``device``
+    and ``dtype`` are where and in what the models load (`load_model`: a GPU in bf16 when there is one). A
     `RecipePlan` from `plan_recipe` runs as it was planned (its overrides, work dir and overwrite)."""
     if isinstance(recipe, RecipePlan):
         plan = recipe
     else:
         plan = plan_recipe(recipe, overrides=overrides, work_dir=work_dir, overwrite=overwrite)
     _prepare_work_dir(plan)
-    result = Runner(plan, progress if progress is not None else (lambda event: None), force, token).run()
+    result = Runner(plan, progress if progress is not None else (lambda event: None), force, token,
+                    device=device, dtype=dtype).run()
     _clean_work_dir(plan)
     save = next(s for s in plan.stages if s.kind == "save")
     if not save.step.config.keep_work_dir:
@@ -106,18 +109,20 @@ def run_pass(model: str, output: str | os.PathLike, kind: str, config: Any, *,
              teacher: str | None = None, overwrite: bool = False, force: bool = False, token: str | None = None,
              state_dir: str | os.PathLike | None = None, keep_state: bool = False, data: Any = None,
              main_process: bool = True, record_ungated: bool = True, options: Mapping[str, Any] | None = None,
-             title: str = "", kv: Any = None,
+             title: str = "", kv: Any = None, device: str = "auto", dtype: str = "auto",
              progress: Callable[[RecipeEvent], None] | None = None) -> RecipeResult:
     """Load ``model``, run the registered pass ``kind`` with ``config`` on it in memory, evaluate it against
     its parent (``evaluation``: `EvalPass` fields, or None), stop if the gate fails (`GateFailedError`,
     unless ``force``), save it to ``output`` (with the evaluation report and card) and push it (``push``:
     `PushPass` fields). ``kv`` adds a KV-cache policy after the pass: the model is evaluated (and the gate
-    judges it) generating under it, and it is saved with the model. This is `run_recipe` of `one_pass_recipe`, with no stage results kept: what
+    judges it) generating under it, and it is saved with the model. ``device`` / ``dtype``: where and in what
+    the models load (`load_model`). This is `run_recipe` of `one_pass_recipe`, with no stage results kept: what
     ``compresskit quantize / prune / distill`` do. A resumable pass keeps its state in ``state_dir``
     (default ``OUTPUT.METHOD-state``; removed after success unless ``keep_state``)."""
     recipe = one_pass_recipe(model, output, kind, config, evaluation=evaluation, push=push, teacher=teacher, kv=kv)
     plan = plan_recipe(recipe, overwrite=overwrite, in_memory=True, record_recipe=False, title=title)
     runner = Runner(plan, progress if progress is not None else (lambda event: None), force, token, data=data,
                     state_dir=None if state_dir is None else Path(state_dir), keep_state=keep_state,
-                    main_process=main_process, record_ungated=record_ungated, options=dict(options or {}))
+                    main_process=main_process, record_ungated=record_ungated, options=dict(options or {}),
+                    device=device, dtype=dtype)
     return runner.run()

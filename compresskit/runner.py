@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import yaml
+
 from .api_eval import compare, eval_units, evaluate, write_eval_report
 from .api_models import heldout_text, load_model, save
 from .api_passes import PassContext
-from .api_publish import push
+from .api_publish import public_fields, public_name, push
 from .api_recipe_plan import RecipePlan, Stage
-from .core.fsutil import write_json_atomic
+from .core.fsutil import usual_mode, write_json_atomic
 from .core.record import Evaluation, Source, record_of
 from .core.registry import REGISTRY
 from .core.version import __version__
@@ -116,11 +118,16 @@ class RecipeResult:
 def recipe_yaml(plan: RecipePlan) -> str:
     """The resolved recipe as it is saved beside the weights (``recipe.yaml``)."""
     recipe = plan.recipe
+    field = lambda key: key.rpartition(".")[2]  # noqa: E731 (quantize.calib -> calib)
+    shown = {k: public_fields({field(k): v})[field(k)] for k, v in plan.overrides.items() if field(k) != "work_dir"}
     sets = " ".join(f"--set {k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
-                    for k, v in plan.overrides.items())
-    head = (f"# compresskit {__version__} ran this recipe ({recipe.source}{' ' + sets if sets else ''}), every setting "
-            "resolved.\n# Run it again: compresskit run recipe.yaml\n")
-    return head + recipe.to_yaml()
+                    for k, v in shown.items())
+    again = "compresskit run recipe.yaml"
+    if public_name(recipe.model) != recipe.model:
+        again += " --set model=DIR (a local model is named by its directory's last part)"
+    head = (f"# compresskit {__version__} ran this recipe ({public_name(recipe.source)}{' ' + sets if sets else ''}), "
+            f"every setting resolved.\n# Run it again: {again}\n")
+    return head + yaml.safe_dump(public_fields(recipe.to_dict()), sort_keys=False, default_flow_style=None, width=100)
 
 
 @dataclass
@@ -141,6 +148,8 @@ class Runner:
     main_process: bool = True
     record_ungated: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"  # where models load and passes run (compresskit.api.resolve_device)
+    dtype: str = "auto"  # what they load in (compresskit.api.resolve_dtype)
     _current: tuple[Any, Any, str] | None = None  # model, tokenizer, the key of what it holds
     _aux: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     _evaluations: dict[str, EvalOutcome] = field(default_factory=dict)
@@ -157,7 +166,7 @@ class Runner:
             return self._current[0], self._current[1]
         self._current = None  # free it before loading the next
         self.emit(RecipeEvent("phase", s, label=f"loading {s.model}"))
-        model, tok = load_model(s.model)  # a stage directory's record comes with it
+        model, tok = load_model(s.model, device=self.device, dtype=self.dtype)  # its record comes with it
         self._current = (model, tok, s.inputs[0])
         return model, tok
 
@@ -166,7 +175,7 @@ class Runner:
         loaded once."""
         if name not in self._aux:
             self.emit(RecipeEvent("phase", s, label=f"loading {name}"))
-            self._aux[name] = load_model(name)
+            self._aux[name] = load_model(name, device=self.device, dtype=self.dtype)
         return self._aux[name]
 
     # --- passes -----------------------------------------------------------------------------------------
@@ -302,7 +311,9 @@ class Runner:
             parent = plan.work_dir if not self.in_memory else Path(recipe.output).absolute().parent
             parent.mkdir(parents=True, exist_ok=True)
             report = Path(tempfile.mkdtemp(prefix=f".report-{uuid.uuid4().hex[:8]}", dir=parent))
-            title = f"{recipe.name}: {recipe.model} -> {recipe.output}" if plan.record_recipe else plan.title
+            usual_mode(report)  # mkdtemp makes it 0700; the saved evaluation/ is read like the rest
+            title = (f"{recipe.name}: {public_name(recipe.model)} -> {public_name(recipe.output)}"
+                     if plan.record_recipe else plan.title)
             write_eval_report(report, ev.child, ev.parent, ev.comparison, meta={"title": title})
             files["evaluation"] = report
         try:

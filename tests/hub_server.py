@@ -4,9 +4,10 @@ list it, and commit to it: stdlib ``http.server`` on 127.0.0.1 (port 0) in a thr
 Endpoints (as huggingface_hub 1.x/2.x calls them): POST /api/repos/create, POST /api/validate-yaml,
 GET /api/models/{repo}/revision/{rev}, GET /api/models/{repo}/tree/{rev}[/{path}], POST
 /api/models/{repo}/branch/{branch}, POST /api/models/{repo}/preupload/{rev} (every file "regular"),
-POST /api/models/{repo}/commit/{rev} (NDJSON, base64 contents, parentCommit checked). Every request is
-logged; ``fail`` queues status codes to answer instead (``fail["commit"] = [500]``); only the token
-``good`` is accepted (its user is ``tester``).
+POST /api/models/{repo}/commit/{rev} (NDJSON, base64 contents, parentCommit checked), and downloads:
+HEAD/GET /{repo}/resolve/{rev}/{path} (a revision is a branch or a commit sha). ``add`` seeds a repo.
+Every request is logged; ``fail`` queues status codes to answer instead (``fail["commit"] = [500]``);
+only the token ``TOKEN`` is accepted (its user is ``tester``).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import yaml
 
-TOKEN, USER = "good", "tester"
+TOKEN, USER = "hf_compresskit_test_token", "tester"
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 
 
@@ -61,6 +62,11 @@ class HubServer:
         self._server.shutdown()
         self._server.server_close()
 
+    def add(self, repo_id: str, files: dict[str, bytes], *, branch: str = "main", private: bool = False) -> str:
+        """Seed ``repo_id`` with ``files`` on ``branch`` (created with the repo); returns the commit sha."""
+        repo = self.repos.setdefault(repo_id, Repo(private))
+        return repo.commit(branch, dict(files), f"seed {branch}", [])
+
     def files(self, repo_id: str, branch: str = "main") -> dict[str, bytes]:
         repo = self.repos[repo_id]
         return repo.commits[repo.branches[branch]]
@@ -91,6 +97,9 @@ class HubServer:
             def do_GET(self) -> None:
                 self._route("GET")
 
+            def do_HEAD(self) -> None:
+                self._route("HEAD")
+
             def do_POST(self) -> None:
                 self._route("POST")
 
@@ -105,6 +114,8 @@ class HubServer:
                     return self._error(hub.fail[kind].pop(0), "injected failure")
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     return self._error(401, "Invalid credentials in Authorization header")
+                if "/resolve/" in path and method in ("GET", "HEAD"):
+                    return self._download(path, method)
                 if method == "POST" and path == "/api/repos/create":
                     return self._create(json.loads(body))
                 if method == "POST" and path == "/api/validate-yaml":
@@ -122,9 +133,9 @@ class HubServer:
                     repo.branches[rest] = repo.branches["main"]
                     return self._reply(200, {})
                 rev, _, sub = rest.partition("/")
-                if rev not in repo.branches:
+                head = repo.branches.get(rev) or (rev if rev in repo.commits else None)
+                if head is None:
                     return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
-                head = repo.branches[rev]
                 files = repo.commits[head]
                 if action == "revision" and method == "GET":
                     return self._reply(200, {"id": repo_id, "sha": head, "private": repo.private,
@@ -144,6 +155,26 @@ class HubServer:
                 if action == "commit" and method == "POST":
                     return self._commit(repo_id, repo, rev, head, body)
                 return self._error(404, f"no route for {method} {path}")
+
+            def _download(self, path: str, method: str) -> None:
+                repo_part, _, rest = path.lstrip("/").partition("/resolve/")
+                rev, _, name = rest.partition("/")
+                repo = hub.repos.get(repo_part)
+                if repo is None:
+                    return self._error(404, "Repository not found", "RepoNotFound")
+                head = repo.branches.get(rev) or (rev if rev in repo.commits else None)
+                if head is None:
+                    return self._error(404, f"Revision {rev} not found", "RevisionNotFound")
+                if name not in repo.commits[head]:
+                    return self._error(404, f"{name} not found", "EntryNotFound")
+                data = repo.commits[head][name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", f'"{git_oid(data)}"')
+                self.send_header("X-Repo-Commit", head)
+                self.end_headers()
+                if method == "GET":
+                    self.wfile.write(data)
 
             def _create(self, req: dict) -> None:
                 repo_id = f"{req.get('organization') or USER}/{req['name']}"

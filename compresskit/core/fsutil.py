@@ -63,6 +63,14 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
         tmp.rename(path)
 
 
+def usual_mode(path: str | os.PathLike) -> None:
+    """Give ``path`` the mode a plain ``open`` / ``mkdir`` would (0666 / 0777 less the umask): ``mkstemp`` and
+    ``mkdtemp`` make 0600 / 0700, which would leave a saved file unreadable to the rest of a team."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~mask)
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write JSON to ``path`` via a temporary file and an atomic rename."""
     path = Path(path)

@@ -72,6 +72,12 @@ class QuantManifest:
             "attention_abits": self.attention_abits,
         }
 
+    def config_dict(self) -> dict[str, Any]:
+        """What ``config.json``'s ``quantization_config`` holds: what a loader needs. The evaluation and the
+        method's report are saved in their own files (`compresskit.core.record.EVALUATION_FILE`,
+        ``REPORT_FILE``)."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("evaluation", "report")}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "QuantManifest":
         if d.get("quant_method") != QUANT_METHOD:

@@ -6,10 +6,11 @@ In memory the record is held in one place, keyed by the model (`record_of`), nev
 ``save`` writes it. On disk it is what ``config.json`` and its side files have always held, which
 `ModelRecord.from_saved` reads back (the model card and ``compresskit info`` read it there):
 
-- ``quantization_config``: the manifest (its ``evaluation`` holds the full reports);
-- ``compresskit_pruning`` / ``compresskit_distillation``: each pass's summary (with the evaluation's scores
-  when the model is not quantized), and ``pruning.json`` / ``distillation.json`` beside it with the rest
-  (kept indices, the loss history);
+- ``quantization_config``: the manifest, what a loader needs (``config.json`` stays small);
+- ``compresskit_evaluation.json``: the evaluation (the full reports, the gate);
+- ``quantization_report.json``: what the quantization method did (per-block losses, fallbacks, timings);
+- ``compresskit_pruning`` / ``compresskit_distillation``: each pass's summary, and ``pruning.json`` /
+  ``distillation.json`` beside it with the rest (kept indices, the loss history);
 - ``compresskit_kv``: the KV-cache policy generation uses (``compresskit.load_model`` applies it);
 - ``compresskit_recipe``: the recipe run that made it.
 """
@@ -27,6 +28,8 @@ from .manifest import QUANT_METHOD, QuantManifest
 SAVED_KEYS = {"prune": ("compresskit_pruning", "pruning.json"),
               "distill": ("compresskit_distillation", "distillation.json")}
 ROLES = ("teacher", "before", "after")
+EVALUATION_FILE = "compresskit_evaluation.json"  # the record's evaluation, beside config.json
+REPORT_FILE = "quantization_report.json"  # the quantize pass's report (manifest.report)
 KV_KEY = "compresskit_kv"  # config.json: the KV-cache policy compresskit.load_model applies
 
 
@@ -119,14 +122,13 @@ class ModelRecord:
         return None if q is None else q.detail
 
     def saved_config(self) -> dict[str, Any]:
-        """The ``config.json`` entries of the passes kept outside the manifest (their summaries; the
-        evaluation's scores when the model is not quantized) and of the recipe."""
+        """The ``config.json`` entries of the passes kept outside the manifest (their summaries) and of the
+        recipe."""
         out: dict[str, Any] = {}
         for kind, (key, _) in SAVED_KEYS.items():
             p = self.last(kind)
             if p is not None:
-                scores = self.evaluation.scores() if self.evaluation is not None and self.manifest is None else None
-                out[key] = {**p.summary, **({"evaluation": scores} if scores is not None else {})}
+                out[key] = dict(p.summary)
         kv = self.last("kv")
         if kv is not None:
             out[KV_KEY] = kv.summary
@@ -135,8 +137,14 @@ class ModelRecord:
         return out
 
     def side_files(self) -> dict[str, Any]:
-        """``pruning.json`` / ``distillation.json``: each pass's full result."""
-        return {name: p.detail for kind, (_, name) in SAVED_KEYS.items() if (p := self.last(kind)) is not None}
+        """``pruning.json`` / ``distillation.json`` (each pass's full result), the evaluation and the
+        quantization report: file name -> JSON-able object."""
+        out = {name: p.detail for kind, (_, name) in SAVED_KEYS.items() if (p := self.last(kind)) is not None}
+        if self.evaluation is not None:
+            out[EVALUATION_FILE] = self.evaluation.to_dict()
+        if self.manifest is not None and self.manifest.report:
+            out[REPORT_FILE] = self.manifest.report
+        return out
 
     @classmethod
     def from_saved(cls, config: dict[str, Any], directory: str | Path | None = None,
@@ -160,11 +168,23 @@ class ModelRecord:
             record.passes.append(PassResult("quantize", manifest.recipe.name, manifest.recipe.to_dict(),
                                             {"quantized_linears": len(manifest.linears)}, manifest))
             record.evaluation = Evaluation.of(manifest.evaluation) or record.evaluation
+        if directory is not None:  # checkpoints since format 2026-12 keep these beside config.json
+            evaluation = _read_json(Path(directory) / EVALUATION_FILE)
+            if evaluation:
+                record.evaluation = Evaluation.of(evaluation)
+            if manifest is not None:
+                manifest.report = _read_json(Path(directory) / REPORT_FILE) or manifest.report
+        if manifest is not None and record.evaluation is not None:
+            manifest.evaluation = record.evaluation.to_dict()
         kv = config.get(KV_KEY)
         if kv:
             record.passes.append(PassResult("kv", str(kv.get("name", "kv")), kv.get("policy") or {}, dict(kv)))
         record.recipe = config.get("compresskit_recipe")
         return record
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 _RECORDS: "weakref.WeakKeyDictionary[Any, ModelRecord]" = weakref.WeakKeyDictionary()

@@ -5,12 +5,13 @@ module flags and parameter *metadata* (the device), never at weight values.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from ..core.errors import ConfigError
 from ..core.progress import Progress as _Progress
 
 Progress = _Progress | None
@@ -46,3 +47,28 @@ def report(progress: Progress, units: int) -> None:
     """Forward ``units`` finished units to the optional progress callback."""
     if progress is not None and units > 0:
         progress(units)
+
+
+def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                    batch_size: int = 8, progress: Progress = None) -> list[str]:
+    """Greedy continuations of ``prompts`` (token ids), decoded without special tokens, ``batch_size``
+    prompts per ``generate`` call. Shorter prompts are left-padded and masked (positions follow the mask),
+    so each continuation is the one the prompt gets alone, up to float rounding; decoding a batch reads the
+    weights once per token for all its prompts. ``progress`` gets the number of prompts of each batch."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device, out = model_device(model), []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [list(p) for p in prompts[start:start + batch_size]]
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), 0 if pad is None else pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, p in enumerate(chunk):
+            ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[row, width - len(p):] = 1
+        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                   max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+        out += [tokenizer.decode(g[width:].tolist(), skip_special_tokens=True) for g in generated]
+        report(progress, len(chunk))
+    return out

@@ -14,9 +14,8 @@ from typing import Any
 
 from ..core.errors import ConfigError, InputError, MissingFileError
 from ..core.fsutil import iter_jsonl
-from ._runtime import Progress, eval_mode, report
+from ._runtime import Progress, eval_mode, generate_greedy
 from .longbench_metrics import base_dataset, bucket_means, score_sample
-from .passkey import _generate
 
 # Verbatim from the official config/dataset2prompt.json (the "asconcisely" typo included).
 DATASET_PROMPT: dict[str, str] = {
@@ -222,6 +221,7 @@ def longbench(
     limit: int | None = None,
     chat: bool = False,
     max_new_tokens: int | None = None,
+    batch_size: int = 8,
     progress: Progress = None,
 ) -> LongBenchResult:
     """Greedy LongBench score of ``model`` on one dataset (``"qasper"``; ``"qasper_e"`` for LongBench-E).
@@ -230,7 +230,8 @@ def longbench(
     Only the first ``limit`` records are used when given. Prompts come from :func:`build_prompt`
     (cut to ``max_length`` tokens); ``max_new_tokens`` defaults to the official budget of the
     dataset. Predictions are scored as in eval.py (so trec/triviaqa/samsum/lsht count only their
-    first line, the effect of pred.py's extra newline stop). ``progress`` gets 1 per record.
+    first line, the effect of pred.py's extra newline stop). Records are generated ``batch_size`` at a
+    time (`generate_greedy`); ``progress`` gets the records of each batch.
     """
     name = base_dataset(dataset)
     if limit is not None and limit < 1:
@@ -239,14 +240,12 @@ def longbench(
     if not records:
         raise InputError(f"no LongBench records for {dataset!r}")
     budget = DATASET_MAXLEN[name] if max_new_tokens is None else max_new_tokens
-    samples: list[LongBenchSample] = []
+    prompts = [build_prompt(rec, tokenizer, max_length, dataset=name, chat=chat) for rec in records]
     with eval_mode(model):
-        for rec in records:
-            ids = build_prompt(rec, tokenizer, max_length, dataset=name, chat=chat)
-            prediction = _generate(model, tokenizer, ids, budget)
-            score = score_sample(name, prediction, rec.answers, rec.all_classes)
-            samples.append(LongBenchSample(rec.id, rec.length, prediction, list(rec.answers), score))
-            report(progress, 1)
+        predictions = generate_greedy(model, tokenizer, prompts, budget, batch_size=batch_size, progress=progress)
+    samples = [LongBenchSample(rec.id, rec.length, p, list(rec.answers),
+                               score_sample(name, p, rec.answers, rec.all_classes))
+               for rec, p in zip(records, predictions)]
     scores = [s.score for s in samples]
     buckets = bucket_means(scores, [s.length for s in samples]) if dataset.endswith("_e") else None
     return LongBenchResult(

@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import torch
 
 from ..core.errors import ConfigError, InputError
-from ._runtime import Progress, eval_mode, model_device, report
+from ._runtime import Progress, eval_mode, generate_greedy
 
 PREFIX = (
     "There is an important info hidden inside a lot of irrelevant text. "
@@ -120,20 +119,6 @@ def score_prediction(prediction: str, key: int) -> bool:
     return match is not None and match.group(0) == str(key)
 
 
-def _generate(model: Any, tokenizer: Any, ids: list[int], max_new_tokens: int) -> str:
-    """Greedy continuation of ``ids``, decoded without special tokens."""
-    input_ids = torch.tensor([ids], dtype=torch.long, device=model_device(model))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.ones_like(input_ids),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=pad,
-    )
-    return tokenizer.decode(out[0, input_ids.shape[1] :].tolist(), skip_special_tokens=True)
-
-
 def passkey(
     model: Any,
     tokenizer: Any,
@@ -143,13 +128,14 @@ def passkey(
     seed: int = 0,
     depths: Sequence[float] | None = None,
     max_new_tokens: int = 10,
+    batch_size: int = 8,
     progress: Progress = None,
 ) -> PasskeyResult:
     """Passkey retrieval accuracy at prompt ``length`` over ``trials`` prompts.
 
     Keys are drawn from ``random.Random(seed)`` in [10000, 99999]. Trial ``i`` hides its key at
-    ``depths[i % len(depths)]`` (default: evenly spaced over [0, 1]). ``progress`` is called
-    with 1 after each trial.
+    ``depths[i % len(depths)]`` (default: evenly spaced over [0, 1]). Prompts are generated
+    ``batch_size`` at a time (`generate_greedy`); ``progress`` gets the trials of each batch.
     """
     if trials < 1:
         raise ConfigError(f"trials={trials} must be >= 1")
@@ -160,13 +146,12 @@ def passkey(
     if bad:
         raise ConfigError(f"depths must lie in [0, 1], got {bad}")
     rng = random.Random(seed)
-    results: list[PasskeyTrial] = []
+    drawn = [(rng.randint(KEY_MIN, KEY_MAX), float(depth_list[i % len(depth_list)])) for i in range(trials)]
+    prompts = [passkey_prompt(tokenizer, length, depth, key) for key, depth in drawn]
     with eval_mode(model):
-        for i in range(trials):
-            key, depth = rng.randint(KEY_MIN, KEY_MAX), float(depth_list[i % len(depth_list)])
-            ids = passkey_prompt(tokenizer, length, depth, key)
-            prediction = _generate(model, tokenizer, ids, max_new_tokens)
-            results.append(PasskeyTrial(length, depth, key, prediction, score_prediction(prediction, key)))
-            report(progress, 1)
+        predictions = generate_greedy(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size,
+                                      progress=progress)
+    results = [PasskeyTrial(length, depth, key, pred, score_prediction(pred, key))
+               for (key, depth), pred in zip(drawn, predictions)]
     accuracy = 100.0 * sum(t.correct for t in results) / len(results)
     return PasskeyResult(length=length, accuracy=accuracy, trials=results)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import InputError, MissingDependencyError
+from ..core.fsutil import usual_mode
 from .rows import EvalRow, HasRows
 
 _DEPTH_DIGITS = 6  # depths are rounded so float noise does not split a grid row
@@ -85,6 +86,7 @@ def _save(fig: Any, plt: Any, path: str | os.PathLike[str]) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=100)
+        usual_mode(tmp)  # mkstemp's 0600 would stay on the PNG
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..core.errors import ConfigError, InputError
-from ._runtime import Progress, eval_mode, report
-from .passkey import _encode, _generate, _largest_fitting, default_depths
+from ._runtime import Progress, eval_mode, generate_greedy
+from .passkey import _encode, _largest_fitting, default_depths
 from .ruler_data import NIAH_TASKS, TASKS, Draft, build_draft, max_new_tokens
 
 RULER_TASKS: tuple[str, ...] = TASKS
@@ -151,24 +151,25 @@ def ruler(
     samples: int = 5,
     seed: int = 0,
     haystack_text: str | None = None,
+    batch_size: int = 8,
     progress: Progress = None,
 ) -> RulerResult:
     """RULER ``task`` score (0..100) at prompt ``length`` over ``samples`` greedy generations.
 
     Samples draw from ``random.Random(seed)``; NIAH sample ``i`` puts its needles at depth
     ``default_depths(samples)[i]`` (evenly spaced over [0, 1]). Each sample generates RULER's
-    per-task number of tokens. ``progress`` is called with 1 after each sample.
+    per-task number of tokens, ``batch_size`` samples at a time (`generate_greedy`); ``progress`` gets the
+    samples of each batch.
     """
     name = resolve_task(task)
     if samples < 1:
         raise ConfigError(f"samples={samples} must be >= 1")
     depths = default_depths(samples) if name in NIAH_TASKS else [None] * samples
-    rng, trials = random.Random(seed), []
+    rng = random.Random(seed)
+    drawn = [ruler_sample(name, tokenizer, length, rng, haystack_text=haystack_text, depth=d) for d in depths]
     with eval_mode(model):
-        for depth in depths:
-            s = ruler_sample(name, tokenizer, length, rng, haystack_text=haystack_text, depth=depth)
-            prediction = _generate(model, tokenizer, s.prompt_ids, s.max_new_tokens)
-            score = score_sample(prediction, s.references)
-            trials.append(RulerTrial(depth, s.haystack, len(s.prompt_ids), s.references, prediction, score))
-            report(progress, 1)
+        predictions = generate_greedy(model, tokenizer, [s.prompt_ids for s in drawn], max_new_tokens(name),
+                                      batch_size=batch_size, progress=progress)
+    trials = [RulerTrial(d, s.haystack, len(s.prompt_ids), s.references, p, score_sample(p, s.references))
+              for d, s, p in zip(depths, drawn, predictions)]
     return RulerResult(name, length, 100.0 * sum(t.score for t in trials) / len(trials), trials)

@@ -44,6 +44,7 @@ class TaskKnobs:
     text: str | None = None
     longbench_path: str | None = None
     longbench_limit: int | None = None
+    batch_size: int = 8  # prompts per generate call (generation tasks); the scores do not depend on it
 
     def cache_fields(self, task: str) -> dict[str, Any]:
         """The settings that change ``task``'s score (the cache key)."""
@@ -107,7 +108,8 @@ def _passkey_run(
     model: Any, tokenizer: Any, length: int, s: TaskKnobs, ids: torch.Tensor | None, progress: Progress
 ) -> EvalRow:
     """Passkey accuracy at prompt length ``length`` as an :class:`EvalRow`."""
-    res = passkey(model, tokenizer, length, trials=s.passkey_trials, seed=s.seed, progress=progress)
+    res = passkey(model, tokenizer, length, trials=s.passkey_trials, seed=s.seed, batch_size=s.batch_size,
+                  progress=progress)
     return EvalRow("passkey", length, res.accuracy, "acc", True, res.to_dict())
 
 
@@ -121,7 +123,7 @@ def _ruler_spec(task: str) -> TaskSpec:
 
     def run(model: Any, tokenizer: Any, length: int, s: TaskKnobs, ids: Any, progress: Progress) -> EvalRow:
         res = ruler(model, tokenizer, task, length, samples=s.samples, seed=s.seed, haystack_text=s.text,
-                    progress=progress)
+                    batch_size=s.batch_size, progress=progress)
         return EvalRow(task, length, res.score, "acc", True, res.to_dict())
 
     return TaskSpec(check, lambda n, s: s.samples, run)
@@ -144,7 +146,8 @@ def _longbench_spec(task: str) -> TaskSpec:
             raise InputError(f"no LongBench records for {dataset!r} in {s.longbench_path}")
 
     def run(model: Any, tokenizer: Any, length: int, s: TaskKnobs, ids: Any, progress: Progress) -> EvalRow:
-        res = longbench(model, tokenizer, records(s), dataset, max_length=length, progress=progress)
+        res = longbench(model, tokenizer, records(s), dataset, max_length=length, batch_size=s.batch_size,
+                        progress=progress)
         return EvalRow(task, length, res.score, "score", True, res.to_dict())
 
     return TaskSpec(check, lambda n, s: len(records(s)), run)
@@ -231,6 +234,7 @@ def evaluate(
     longbench_path: str | None = None,
     longbench_limit: int | None = None,
     cache: RowCache | None = None,
+    batch_size: int = 8,
     progress: Progress = None,
 ) -> EvalReport:
     """Run each task at each length (task-major order) and collect one :class:`EvalRow` per pair.
@@ -239,7 +243,8 @@ def evaluate(
     the RULER tasks that use one. ``samples`` is the number of prompts per RULER task and length.
     Every (task, length) is validated before any model call, so bad arguments fail fast with
     ``ValueError``. With a ``cache`` (see :class:`RowCache`), rows already computed for the same
-    weights, tokenizer and settings are reused and new ones stored.
+    weights, tokenizer and settings are reused and new ones stored. Generation tasks run ``batch_size``
+    prompts per ``generate`` call (1: one at a time, e.g. under a KV-cache policy that is not batch-aware).
     """
     start = time.perf_counter()
     tasks, lengths = validate_tasks(tasks), _validate_lengths(lengths)
@@ -249,7 +254,7 @@ def evaluate(
             raise InputError("task 'ppl' needs text=... (the evaluation corpus as one string)")
         ids = encode_text(tokenizer, text)
     s = TaskKnobs(ppl_windows, passkey_trials, seed, int(ids.numel()) if ids is not None else 0, samples, text,
-                     None if longbench_path is None else str(longbench_path), longbench_limit)
+                  None if longbench_path is None else str(longbench_path), longbench_limit, batch_size)
     for t in tasks:
         for n in lengths:
             _spec(t).check(model, tokenizer, n, s)

@@ -260,7 +260,7 @@ def _evaluation(directory: Path, config: dict[str, Any], evaluation: dict[str, A
             candidates.append(json.loads(report.read_text()))
         except json.JSONDecodeError:
             pass
-    saved = ModelRecord.from_saved(config).evaluation  # the record's one reader: manifest, or pass summaries
+    saved = ModelRecord.from_saved(config, directory).evaluation  # the record's one reader (its evaluation file)
     candidates += [None if saved is None else saved.table_source(), export.get("evaluation")]
     return next((t for c in candidates if (t := evaluation_table(c)) is not None), None)
 

@@ -87,9 +87,11 @@ def save_native(
     sidecars: dict[str, Any] | None = None,
     config_updates: dict[str, Any] | None = None,
     finalize: Callable[[Path], None] | None = None,
+    scrub: Callable[[Any], Any] = lambda d: d,
 ) -> Path:
     """Write ``model`` (quantized when ``manifest`` is given) to ``path`` atomically; ``sidecars`` maps
-    file names to JSON-able objects written beside config.json (e.g. ``pruning.json``); ``finalize(tmp)``
+    file names to JSON-able objects written beside config.json (e.g. ``pruning.json``); ``scrub`` maps
+    config.json and every side file before they are written (the API drops local paths); ``finalize(tmp)``
     runs last, inside the temporary directory (the model card is written there)."""
     with atomic_output_dir(path, overwrite=overwrite) as tmp:
         files = write_safetensors(storage_state_dict(model, storage_dtype), tmp, max_shard_bytes)
@@ -98,15 +100,15 @@ def save_native(
         config["dtype"] = str(storage_dtype).removeprefix("torch.")
         if manifest is not None:
             manifest.files = files
-            config["quantization_config"] = manifest.to_dict()
-        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            config["quantization_config"] = manifest.config_dict()
+        (tmp / "config.json").write_text(json.dumps(scrub(config), indent=2, sort_keys=True) + "\n")
         gen = getattr(model, "generation_config", None)
         if gen is not None:
             gen.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, data in (sidecars or {}).items():
-            (tmp / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            (tmp / name).write_text(json.dumps(scrub(data), indent=2, sort_keys=True) + "\n")
         if finalize is not None:
             finalize(tmp)
     return Path(path)

@@ -190,17 +190,17 @@ def dense_tensors(source: NativeSource, dtype: torch.dtype,
 
 
 def export_record(source: NativeSource, fmt: str, notes: list[str]) -> dict[str, Any]:
-    """The ``compresskit_export`` entry of the exported config.json: what this came from."""
+    """The ``compresskit_export`` entry of the exported config.json: what this came from (the evaluation
+    travels in its own file, carried over with the other side files)."""
     m = source.manifest
     return {
         "version": EXPORT_RECORD_VERSION,
         "format": fmt,
         "compresskit_version": __version__,
-        "source": str(source.path.resolve()),
+        "source": source.path.resolve().name,  # the directory's name, never a local path
         "source_files": {} if m is None else m.files,
         "recipe": None if m is None else m.recipe.to_dict(),
         "base_model": None if m is None else m.base_model,
-        "evaluation": None if m is None else m.evaluation,
         "notes": list(notes),
     }
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,10 @@ from ..core.arch import get_arch
 from ..core.errors import CompresskitError
 from ..core.fsutil import sha256_file
 from .embedded import DEFAULT_MODEL, EMBEDDED, embedded_path
+
+
+# what a hub model needs: config, tokenizer files, chat template, safetensors weights and its card (for the licence)
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.jinja", "README.md"]
 
 
 class ModelNotFoundError(CompresskitError, FileNotFoundError):
@@ -39,13 +45,49 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
         return str(path)
     if path.exists():
         raise ModelNotFoundError(f"{path} is a file; pass the checkpoint directory that holds config.json")
-    looks_local = name.startswith((".", "/", "~")) or name.count("/") != 1
+    looks_local = name.startswith((".", "/", "~")) or split_revision(name)[0].count("/") != 1
     if looks_local:
         raise ModelNotFoundError(
             f"no model at {name!r}: not a local directory, not an embedded model "
             f"({', '.join(EMBEDDED)}), and not a hub id of the form org/name"
         )
-    return name  # a hub id: transformers will try the hub (or its cache)
+    return download(name)
+
+
+def split_revision(name: str) -> tuple[str, str | None]:
+    """``"org/name@rev"`` -> ``("org/name", "rev")`` (a branch, tag or commit); ``"org/name"`` -> ``(.., None)``."""
+    repo, sep, revision = name.partition("@")
+    return repo, (revision or None) if sep else None
+
+
+def download(name: str) -> str:
+    """The local snapshot of hub model ``name`` (``org/name[@revision]``): its config, tokenizer and
+    safetensors weights, fetched once into the hub cache (``HF_HUB_OFFLINE=1`` reads the cache only).
+    Pickle weights (``.bin``) are never fetched or loaded: they can run code."""
+    from huggingface_hub import snapshot_download
+
+    repo, revision = split_revision(name)
+    try:
+        path = Path(snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES))
+    except Exception as e:  # the hub's errors (not found, gated, offline, network) are all "cannot get it"
+        raise ModelNotFoundError(
+            f"could not get {name!r} from the hub ({type(e).__name__}: {str(e).splitlines()[0][:200]}); check "
+            f"the id and --revision, your network, or HF_TOKEN for a gated or private repo; or pass a local directory "
+            f"or an embedded model ({', '.join(EMBEDDED)})"
+        ) from e
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(f"{name} has no config.json: it is not a transformers model repo")
+    _require_safetensors(path, name)
+    return str(path)
+
+
+def _require_safetensors(path: Path, name: str) -> None:
+    if not any(path.glob("*.safetensors")):
+        raise ModelNotFoundError(
+            f"{name} has no .safetensors weights (only pickle .bin files, or none); compresskit loads safetensors "
+            "only, because pickle files can run code. Convert it once with transformers (load it, then "
+            "save_pretrained(DIR, safe_serialization=True)) and pass DIR"
+        )
 
 
 def read_config(path: str) -> Any:
@@ -105,14 +147,31 @@ def load_pretrained(
     qcfg = getattr(config, "quantization_config", None)
     qcfg = qcfg.to_dict() if hasattr(qcfg, "to_dict") else qcfg
     verify_checkpoint(path, (qcfg or {}).get("files"), checksums=verify)
+    _require_safetensors(Path(path), str(name_or_path))
     source_dtype = _config_dtype(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa", device_map=device)
+    with _no_loading_bar():  # the files are local now: the caller's own progress display stays alone
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
+                                                     device_map=device, use_safetensors=True)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     # the record starts here: where the model came from, and what its checkpoint says was done to it
     set_record(model, ModelRecord.from_saved(config.to_dict(), path if Path(path).is_dir() else None,
                                              Source(str(name_or_path), path, source_dtype)))
     return model, tokenizer
+
+
+@contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    """transformers' "Loading weights" bar off while the body runs (it would interleave with the CLI's)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _config_dtype(path: str) -> str | None:

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 
 import compresskit
 from compresskit import api
+from compresskit.cli.common import EXIT_GATE_FAILED
 from compresskit.cli.main import app
 
-SMALL_EVAL = ["--eval", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1", "--passkey-trials", "1"]
+SMALL_EVAL = ["--tasks", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1", "--passkey-trials", "1"]
 EVAL_SMALL = ["--tasks", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1", "--passkey-trials", "1"]
 
 
@@ -123,7 +124,7 @@ def test_quantize_no_eval_matches_api(quantized_dir, tiny_dir):
     assert [p.name for p in quantized_dir.parent.iterdir()] == [quantized_dir.name]
     q = json.loads((quantized_dir / "config.json").read_text())["quantization_config"]
     assert q["recipe"]["wbits"] == 4 and q["recipe"]["group_size"] == 32
-    assert q["evaluation"] is None  # --no-eval
+    assert "evaluation" not in q and not (quantized_dir / "compresskit_evaluation.json").exists()  # --no-eval
     # the CLI gives the same model as the Python API with the same recipe
     ref, _ = compresskit.load_model(tiny_dir)
     compresskit.quantize(ref, wbits=4, group_size=32)
@@ -177,7 +178,8 @@ def test_quantize_with_eval(runner, tiny_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "perplexity @ 200" in result.output and "passkey @ 200" in result.output
     assert "size (MB)" in result.output
-    evaluation = json.loads((out / "config.json").read_text())["quantization_config"]["evaluation"]
+    assert "evaluation" not in json.loads((out / "config.json").read_text())["quantization_config"]  # lean
+    evaluation = json.loads((out / "compresskit_evaluation.json").read_text())
     assert set(evaluation) == {"before", "after", "gate"}
     for report in (evaluation["before"], evaluation["after"]):
         assert [(r["task"], r["length"]) for r in report["rows"]] == [("ppl", 200), ("passkey", 200)]
@@ -209,7 +211,7 @@ def test_gate_refuses_to_save_and_force_overrides(runner, trained_dir, tmp_path)
 
     result = runner.invoke(app, ["quantize", str(trained_dir), "-o", str(out), *GATE, "--force"])
     assert result.exit_code == 0, result.output
-    gate = json.loads((out / "config.json").read_text())["quantization_config"]["evaluation"]["gate"]
+    gate = json.loads((out / "compresskit_evaluation.json").read_text())["gate"]
     assert gate["passed"] is False and gate["forced"] is True
     assert "savedwith--force" in _unwrapped(result)
 
@@ -223,25 +225,16 @@ def test_eval_against_a_baseline_gates_with_exit_code(runner, tiny_dir, quantize
     assert data["comparison"]["passed"] and data["parent"]["rows"][0]["task"] == "ppl"
     result = runner.invoke(app, [*args, "--max-drop", "100", "--max-ppl-increase", "0"])
     ppl = data["comparison"]["rows"][0]
-    assert result.exit_code == (1 if ppl["child"] > ppl["parent"] else 0), result.output
-    # a saved report serves as the baseline too (no model load)
+    assert result.exit_code == (EXIT_GATE_FAILED if ppl["child"] > ppl["parent"] else 0), result.output
+    # a saved report serves as the baseline too (no model load): `compresskit eval ... --json > base.json`
     base = tmp_path / "base.json"
-    runner.invoke(app, ["eval", str(tiny_dir), *EVAL_SMALL, "--json", str(base)])
+    printed = runner.invoke(app, ["eval", str(tiny_dir), *EVAL_SMALL, "--json"])
+    base.write_text(printed.stdout)  # progress went to stderr: stdout is the JSON alone
+    rows = {(r["task"], r["length"]): r for r in json.loads(printed.stdout)["model"]["rows"]}
+    assert set(rows) == {("ppl", 200), ("passkey", 200)} and rows[("ppl", 200)]["score"] > 1
+    assert "evaluating" in printed.stderr
     result = runner.invoke(app, ["eval", str(quantized_dir), *EVAL_SMALL, "--baseline", str(base)])
     assert result.exit_code == 0 and "compressed" in result.output, result.output
-
-
-def test_eval_writes_json(runner, quantized_dir, tmp_path):
-    out = tmp_path / "report.json"
-    result = runner.invoke(app, ["eval", str(quantized_dir), *EVAL_SMALL, "--json", str(out)])
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
-    rows = {(r["task"], r["length"]): r for r in report["rows"]}
-    assert set(rows) == {("ppl", 200), ("passkey", 200)}
-    assert rows[("ppl", 200)]["metric"] == "ppl" and rows[("ppl", 200)]["score"] > 1
-    assert 0 <= rows[("passkey", 200)]["score"] <= 100
-    assert report["seconds"] > 0
-    assert "ppl" in result.output and "passkey" in result.output
 
 
 # -- bad inputs: non-zero exit, one clear line, nothing written -------------------------------------
@@ -432,7 +425,9 @@ def test_omniquant_from_the_cli_records_its_recipe_and_cleans_its_state(runner, 
     assert not (tmp_path / "omni.omniquant-state").exists()
     q = json.loads((out / "config.json").read_text())["quantization_config"]
     assert q["recipe"]["method"] == "omniquant" and q["recipe"]["epochs"] == 2 and q["recipe"]["abits"] == 8
-    assert len(q["report"]["blocks"]) == 2 and q["report"]["activation_quantization"].startswith("simulated")
+    report = json.loads((out / "quantization_report.json").read_text())  # beside config.json, not in it
+    assert "report" not in q
+    assert len(report["blocks"]) == 2 and report["activation_quantization"].startswith("simulated")
     assert all(v["abits"] == 8 for v in q["linears"].values())
 
 
@@ -448,7 +443,7 @@ def test_omniquant_with_no_settings_runs_the_cpu_preset_on_a_cpu(runner, tiny_di
     assert recipe["preset"] == "cpu" and recipe["clip_init"] == "search" and recipe["patience"] == 2
     assert recipe["seqlen"] == 512  # the preset's 2048, capped at the tiny model's context
     assert (recipe["nsamples"], recipe["epochs"], recipe["finetune_steps"]) == (2, 1, 2)  # given: they stay
-    assert q["report"]["distillation"]["steps"] == 2
+    assert json.loads((out / "quantization_report.json").read_text())["distillation"]["steps"] == 2
 
 
 def test_omniquant_cli_resumes_an_interrupted_run(runner, tiny_dir, tmp_path, monkeypatch):
@@ -473,7 +468,7 @@ def test_omniquant_cli_resumes_an_interrupted_run(runner, tiny_dir, tmp_path, mo
     result = runner.invoke(app, ["quantize", str(tiny_dir), "-o", str(out), *OMNI])
     assert result.exit_code == 0, result.output
     assert "resuming from" in result.output and out.is_dir() and not state.exists()
-    blocks = json.loads((out / "config.json").read_text())["quantization_config"]["report"]["blocks"]
+    blocks = json.loads((out / "quantization_report.json").read_text())["blocks"]
     assert all(b.get("resumed") for b in blocks)
 
 

@@ -15,7 +15,7 @@ from compresskit import api, api_passes
 from compresskit.cli.main import app
 
 SMALL = ["--seqlen", "64", "--steps", "3", "--lr", "3e-3", "--data", "builtin"]
-SMALL_EVAL = ["--eval", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1", "--passkey-trials", "1"]
+SMALL_EVAL = ["--tasks", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1", "--passkey-trials", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,8 @@ def test_distill_prints_teacher_before_after_and_saves(tmp_path, dirs):
         assert needle in result.output
     cfg = json.loads((out / "config.json").read_text())
     d = cfg["compresskit_distillation"]
-    assert d["steps"] == 3 and d["recipe"]["hidden_weight"] == 0.5 and "evaluation" in d
-    assert set(d["evaluation"]) == {"teacher", "before", "after", "gate"}
+    assert d["steps"] == 3 and d["recipe"]["hidden_weight"] == 0.5 and "evaluation" not in d
+    assert set(json.loads((out / "compresskit_evaluation.json").read_text())) == {"teacher", "before", "after", "gate"}
     assert cfg["compresskit_pruning"]["kept_layers"]  # the pruning record is kept
     assert (out / "distillation.json").is_file() and (out / "evaluation" / "report.json").is_file()
     assert not out.with_name(out.name + ".distill-state").exists()  # removed after saving

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from compresskit.cli.main import app
 
 SMALL = ["--nsamples", "2", "--seqlen", "64", "--retrieval-length", "200", "--retrieval-samples", "1"]
-SMALL_EVAL = ["--eval", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1", "--passkey-trials", "1"]
+SMALL_EVAL = ["--tasks", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1", "--passkey-trials", "1"]
 
 
 def test_prune_prints_a_before_after_table_and_saves(tmp_path, tiny_dir):
@@ -21,7 +21,8 @@ def test_prune_prints_a_before_after_table_and_saves(tmp_path, tiny_dir):
         assert needle in result.output
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["intermediate_size"]) == (2, 2, 96)
-    assert set(cfg["compresskit_pruning"]["evaluation"]) == {"before", "after"}
+    assert "evaluation" not in cfg["compresskit_pruning"]
+    assert set(json.loads((out / "compresskit_evaluation.json").read_text())) == {"before", "after"}
 
 
 def test_prune_without_protection(tmp_path, tiny_dir):

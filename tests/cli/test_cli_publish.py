@@ -90,7 +90,7 @@ def test_quantize_card_carries_the_gate_table_and_links_the_plots(tmp_path, tiny
 
     out = tmp_path / "evaluated"
     result = CliRunner().invoke(app, ["quantize", str(tiny_dir), "--group-size", "32", "--output", str(out),
-                                      "--eval", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1",
+                                      "--tasks", "ppl,passkey", "--lengths", "200", "--ppl-windows", "1",
                                       "--passkey-trials", "1", "--max-drop", "100"])
     assert result.exit_code == 0, result.output
     card = ModelCard.load(out / "README.md")

@@ -37,7 +37,8 @@ def test_full_student_through_the_api(pair, tmp_path, tiny_tokenizer):
     assert result.steps == 20
     out = api.save(s, tiny_tokenizer, tmp_path / "distilled", evaluation={"after": {"rows": []}})
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["compresskit_distillation"]["recipe"]["steps"] == 20 and "evaluation" in cfg["compresskit_distillation"]
+    assert cfg["compresskit_distillation"]["recipe"]["steps"] == 20 and "evaluation" not in cfg["compresskit_distillation"]
+    assert json.loads((out / "compresskit_evaluation.json").read_text()) == {"after": {"rows": []}}
     assert json.loads((out / "distillation.json").read_text())["history"][0]["step"] == 1
     assert (out / "pruning.json").is_file()  # the pruning record travels along
     info = api.info(out)

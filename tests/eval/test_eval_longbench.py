@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from _fake_lm import FakeLM  # tests/eval/_fake_lm.py
 
 from compresskit.eval import longbench_metrics as M
 from compresskit.eval.longbench import (
@@ -278,25 +279,18 @@ def test_chat_template_only_where_allowed(tiny_tokenizer):
 
 
 # ----------------------------------------------------------------------------- end to end
-class ReadingModel(torch.nn.Module):
+class ReadingModel(FakeLM):
     """Fake LM: finds "What is the capital of X?" in the prompt, looks for "The capital of X is Y." in it,
     and answers ``answer.format(y=Y)`` ("unknown" if the fact is not in the prompt)."""
 
     def __init__(self, tokenizer, answer: str = " {y}"):
-        super().__init__()
-        self.tok, self.answer = tokenizer, answer
-        self.proj = torch.nn.Linear(1, 1)
-        self.calls: list[dict] = []
+        super().__init__(tokenizer)
+        self.template = answer
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id):
-        prompt = self.tok.decode(input_ids[0].tolist())
+    def answer(self, prompt: str) -> str:
         country = re.search(r"What is the capital of (\w+)\?\nAnswer:$", prompt).group(1)
         fact = re.search(rf"The capital of {country} is (\w+)\.", prompt)
-        self.calls.append(dict(prompt=prompt, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                               training=self.training, inference=torch.is_inference_mode_enabled()))
-        text = self.answer.format(y=fact.group(1)) if fact else " unknown"
-        new = self.tok(text, add_special_tokens=False)["input_ids"]
-        return torch.cat([input_ids, torch.tensor([new])], dim=1)
+        return self.template.format(y=fact.group(1)) if fact else " unknown"
 
 
 FACTS = [("Zorbia", "Plim"), ("Quex", "Darn"), ("Vell", "Orsk")]
@@ -313,7 +307,7 @@ def test_reading_model_scores_100(tiny_tokenizer, tmp_path):
     model, calls = ReadingModel(tiny_tokenizer), []
     model.train()
     res = longbench(model, tiny_tokenizer, tmp_path, "hotpotqa", max_length=2000, progress=calls.append)
-    assert isinstance(res, LongBenchResult) and res.score == 100.0 and res.n == 3 and calls == [1, 1, 1]
+    assert isinstance(res, LongBenchResult) and res.score == 100.0 and res.n == 3 and calls == [3]
     assert [s.id for s in res.samples] == ["Zorbia", "Quex", "Vell"] and res.buckets is None
     assert all(c["max_new_tokens"] == 32 and not c["do_sample"] and not c["training"] and c["inference"]
                for c in model.calls)

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from _fake_lm import FakeLM  # tests/eval/_fake_lm.py
 
 from compresskit.eval import PasskeyResult, passkey, passkey_prompt
 from compresskit.eval.passkey import FILLER, NEEDLE, PREFIX, SUFFIX
@@ -12,33 +13,16 @@ from compresskit.eval.passkey import FILLER, NEEDLE, PREFIX, SUFFIX
 KEY = 48213
 
 
-class ReadingModel(torch.nn.Module):
-    """Fake LM whose generate reads the key out of the prompt and answers ``answer.format(key=...)``.
-
-    It only sees what a real model sees (the token ids) and records how it was called.
-    """
+class ReadingModel(FakeLM):
+    """Fake LM that reads the key out of the prompt and answers ``answer.format(key=...)``."""
 
     def __init__(self, tokenizer, answer: str = " {key}. Remember"):
-        super().__init__()
-        self.tok, self.answer = tokenizer, answer
-        self.proj = torch.nn.Linear(1, 1)  # gives the module a device
-        self.calls: list[dict] = []
+        super().__init__(tokenizer)
+        self.template = answer
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id):
-        prompt = self.tok.decode(input_ids[0].tolist())
+    def answer(self, prompt: str) -> str:
         key = int(re.search(r"The pass key is (\d+)\.", prompt).group(1))
-        self.calls.append(
-            dict(
-                training=self.training,
-                inference=torch.is_inference_mode_enabled(),
-                do_sample=do_sample,
-                pad=pad_token_id,
-                mask_ok=bool(attention_mask.shape == input_ids.shape and attention_mask.all()),
-                max_new_tokens=max_new_tokens,
-            )
-        )
-        new = self.tok(self.answer.format(key=key, other=key + 1), add_special_tokens=False)["input_ids"]
-        return torch.cat([input_ids, torch.tensor([new])], dim=1)
+        return self.template.format(key=key, other=key + 1)
 
 
 def test_prompt_fits_and_is_close(tiny_tokenizer):
@@ -79,12 +63,15 @@ def test_reading_model_scores_100(tiny_tokenizer):
     res = passkey(model, tiny_tokenizer, 200, trials=4, seed=3, max_new_tokens=7, progress=calls.append)
     assert isinstance(res, PasskeyResult)
     assert res.accuracy == 100.0 and all(t.correct for t in res.trials)
-    assert calls == [1, 1, 1, 1] and len(res.trials) == 4
+    assert calls == [4] and len(res.trials) == 4  # one batch
+    again = passkey(model, tiny_tokenizer, 200, trials=4, seed=3, max_new_tokens=7, batch_size=3, progress=calls.append)
+    assert calls == [4, 3, 1] and again.to_dict() == res.to_dict()
     assert [t.depth for t in res.trials] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
     assert all(10000 <= t.key <= 99999 and t.prediction.strip().startswith(str(t.key)) for t in res.trials)
     assert all(
-        c == dict(training=False, inference=True, do_sample=False, pad=tiny_tokenizer.pad_token_id,
-                  mask_ok=True, max_new_tokens=7)
+        {k: c[k] for k in ("training", "inference", "do_sample", "pad", "mask_ok", "max_new_tokens")}
+        == dict(training=False, inference=True, do_sample=False, pad=tiny_tokenizer.pad_token_id,
+                mask_ok=True, max_new_tokens=7)
         for c in model.calls
     )
     assert model.training  # restored

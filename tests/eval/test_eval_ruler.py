@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 import torch
+from _fake_lm import FakeLM  # tests/eval/_fake_lm.py
 
 from compresskit.eval.ruler import (
     RULER_ALIASES,
@@ -304,28 +305,19 @@ def test_score_sample():
 
 # ---------------------------------------------------------------- end to end
 
-class SolvingModel(torch.nn.Module):
-    """Fake LM whose generate solves the task from the decoded prompt (what a real model sees).
+class SolvingModel(FakeLM):
+    """Fake LM that solves the task from the decoded prompt (what a real model sees).
 
     ``keep`` answers only the first ``keep`` solutions; ``wrong`` answers nonsense.
     """
 
     def __init__(self, tokenizer, task: str, keep: int | None = None, wrong: bool = False):
-        super().__init__()
-        self.tok, self.task, self.keep, self.wrong = tokenizer, task, keep, wrong
-        self.proj = torch.nn.Linear(1, 1)
-        self.calls: list[dict] = []
+        super().__init__(tokenizer, skip_special=True)
+        self.task, self.keep, self.wrong = task, keep, wrong
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id):
-        prompt = self.tok.decode(input_ids[0].tolist(), skip_special_tokens=True)
+    def answer(self, prompt: str) -> str:
         answers = solve(resolve_task(self.task), prompt)
-        text = "zzz" if self.wrong else " " + ", ".join(answers[: self.keep]) + "."
-        mask_ok = bool(attention_mask.shape == input_ids.shape and attention_mask.all())
-        self.calls.append(dict(training=self.training, inference=torch.is_inference_mode_enabled(),
-                               do_sample=do_sample, pad=pad_token_id, max_new_tokens=max_new_tokens,
-                               mask_ok=mask_ok))
-        new = self.tok(text, add_special_tokens=False)["input_ids"]
-        return torch.cat([input_ids, torch.tensor([new])], dim=1)
+        return "zzz" if self.wrong else " " + ", ".join(answers[: self.keep]) + "."
 
 
 @pytest.mark.parametrize("task", [*RULER_TASKS, "niah"])
@@ -338,12 +330,13 @@ def test_solving_model_scores_100(tiny_tokenizer, task):
                 progress=calls.append)
     assert isinstance(res, RulerResult) and res.task == name and res.length == length
     assert res.score == 100.0 and all(t.score == 1.0 for t in res.samples)
-    assert calls == [1, 1, 1, 1] and len(res.samples) == 4 and model.training  # train flag restored
+    assert calls == [4] and len(res.samples) == 4 and model.training  # one batch; train flag restored
     assert all(t.prompt_tokens <= length for t in res.samples)
     want_depths = [0.0, 1 / 3, 2 / 3, 1.0] if name.startswith("niah") else [None] * 4
     assert [t.depth for t in res.samples] == pytest.approx(want_depths)
-    assert all(c == dict(training=False, inference=True, do_sample=False, pad=tiny_tokenizer.pad_token_id,
-                         max_new_tokens=MAX_NEW[name.split("_")[0]], mask_ok=True) for c in model.calls)
+    assert all({k: c[k] for k in ("training", "inference", "do_sample", "pad", "max_new_tokens", "mask_ok")}
+               == dict(training=False, inference=True, do_sample=False, pad=tiny_tokenizer.pad_token_id,
+                       max_new_tokens=MAX_NEW[name.split("_")[0]], mask_ok=True) for c in model.calls)
 
 
 def test_wrong_and_partial_answers(tiny_tokenizer):
@@ -362,7 +355,7 @@ def test_tiny_model_end_to_end(tiny_llama, tiny_tokenizer):
     calls: list[int] = []
     a = ruler(tiny_llama, tiny_tokenizer, "niah", 300, samples=2, seed=3, progress=calls.append)
     b = ruler(tiny_llama, tiny_tokenizer, "niah", 300, samples=2, seed=3)
-    assert calls == [1, 1] and a.to_dict() == b.to_dict()  # greedy + seeded prompts: deterministic
+    assert calls == [2] and a.to_dict() == b.to_dict()  # greedy + seeded prompts: deterministic
     assert 0.0 <= a.score <= 100.0 and a.task == "niah_single_1"
     d = a.to_dict()
     assert set(d) == {"task", "length", "score", "samples"} and len(d["samples"]) == 2

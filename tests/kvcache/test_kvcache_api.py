@@ -47,11 +47,11 @@ def test_rows_under_a_policy_are_cached_apart_from_full_cache_rows(tiny_dir, tmp
 
 
 def test_eval_command_takes_a_policy_and_refuses_a_bad_one(tiny_dir, tmp_path):
-    out = tmp_path / "r.json"
     args = ["eval", str(tiny_dir), "--tasks", "passkey", "--lengths", "200", "--passkey-trials", "1", "--no-cache"]
-    result = CliRunner().invoke(app, [*args, "--kv", "snapkv:0.5", "--json", str(out)])
+    result = CliRunner().invoke(app, [*args, "--kv", "snapkv:0.5", "--json"])
     assert result.exit_code == 0, result.output
-    assert "snapkv:0.5" in result.output and json.loads(out.read_text())["rows"][0]["task"] == "passkey"
+    data = json.loads(result.stdout)
+    assert data["meta"]["kv"] == "snapkv:0.5" and data["model"]["rows"][0]["task"] == "passkey"
     bad = CliRunner().invoke(app, [*args, "--kv", "snapkv:1.5"])
     assert bad.exit_code == 2 and "ratio=1.5 must lie in [0, 1)" in bad.output and "Traceback" not in bad.output
 
@@ -72,11 +72,12 @@ def test_a_policy_saved_with_the_model_comes_back_with_it(tiny_dir, tmp_path):
     full cache, the policy is saved (config.json, card) and `load_model` applies it."""
     out = tmp_path / "w8kv"
     result = CliRunner().invoke(app, ["quantize", str(tiny_dir), "--wbits", "8", "--group-size", "32", "--kv",
-                                      "streaming:0.5", "--eval", "passkey", "--lengths", "200", "--passkey-trials",
+                                      "streaming:0.5", "--tasks", "passkey", "--lengths", "200", "--passkey-trials",
                                       "2", "--no-cache", "--output", str(out)])
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "config.json").read_text())
-    assert saved["compresskit_kv"]["name"] == "streaming:0.5" and saved["quantization_config"]["evaluation"]["gate"]
+    assert saved["compresskit_kv"]["name"] == "streaming:0.5"
+    assert json.loads((out / "compresskit_evaluation.json").read_text())["gate"]
     card = (out / "README.md").read_text()
     assert "streaming:0.5" in card and "## KV cache at long context" in card
     rows = saved["compresskit_kv"]["memory"]["rows"]
