@@ -10,7 +10,7 @@ import torch
 
 from ..core.errors import ConfigError, InputError
 from .source import CalibSource, parse_source
-from .texts import load_texts
+from .texts import dataset_texts, load_texts, take_tokens
 
 DEFAULT_GEN_TOKENS = 512  # longest text sampled per sequence for the "generated" source (capped at seqlen)
 GEN_SLACK = 1.1  # generate 10% more than nsamples * seqlen tokens: early EOS and re-tokenization lose some
@@ -42,7 +42,10 @@ def _generation_plan(nsamples: int, seqlen: int) -> tuple[int, int]:
 
 
 def _source_texts(tokenizer: Any, src: CalibSource, nsamples: int, seqlen: int, seed: int, model: Any) -> list[str]:
-    """The documents of ``src``; for ``generated``, enough model samples to fill the requested windows."""
+    """The documents of ``src``; for ``generated``, enough model samples to fill the requested windows; an
+    ``hf`` dataset is streamed only as far as those windows need."""
+    if src.kind == "hf":
+        return load_texts(src, tokenizer=tokenizer, want_tokens=math.ceil(GEN_SLACK * nsamples * seqlen))
     if src.kind != "generated":
         return load_texts(src)
     n_generated, gen_tokens = _generation_plan(nsamples, seqlen)
@@ -57,9 +60,26 @@ def sample_windows(stream: torch.Tensor, nsamples: int, seqlen: int, seed: int =
     return torch.stack([stream[o : o + seqlen] for o in offsets]).long()
 
 
+def in_memory_texts(source: Any, want_tokens: int, tokenizer: Any) -> list[str] | None:
+    """The documents of an in-memory source - a list of strings, or a ``datasets.Dataset`` /
+    ``IterableDataset`` (its ``text`` column, else its only string column), read only as far as
+    ``want_tokens`` need - or None when ``source`` is a spec."""
+    if isinstance(source, (str, CalibSource)):
+        return None
+    if isinstance(source, (list, tuple)):
+        bad = [type(t).__name__ for t in source if not isinstance(t, str)]
+        if bad:
+            raise InputError(f"calibration texts must be strings, got {sorted(set(bad))}")
+        return take_tokens(source, want_tokens, tokenizer)
+    if hasattr(source, "column_names") or hasattr(source, "features"):
+        return dataset_texts(source, want_tokens, tokenizer, what="the calibration dataset")
+    raise InputError(f"calibration data must be a source spec (builtin, file:PATH, generated, hf:NAME), a list of "
+                     f"strings, a datasets.Dataset or a LongTensor of token ids; got {type(source).__name__}")
+
+
 def build_samples(
     tokenizer: Any,
-    source: str | CalibSource,
+    source: Any,
     nsamples: int,
     seqlen: int,
     *,
@@ -76,8 +96,11 @@ def build_samples(
         raise ConfigError(f"nsamples must be >= 1, got {nsamples}")
     if seqlen < 2:
         raise ConfigError(f"seqlen must be >= 2, got {seqlen}")
-    src = parse_source(source)
-    stream = token_stream(tokenizer, _source_texts(tokenizer, src, nsamples, seqlen, seed, model))
+    texts = in_memory_texts(source, math.ceil(GEN_SLACK * nsamples * seqlen), tokenizer)
+    src = parse_source(source) if texts is None else f"<{type(source).__name__} of {len(texts)} texts>"
+    if texts is None:
+        texts = _source_texts(tokenizer, src, nsamples, seqlen, seed, model)
+    stream = token_stream(tokenizer, texts)
     n_tokens = stream.numel()
     if n_tokens < seqlen:
         raise InputError(

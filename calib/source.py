@@ -22,13 +22,13 @@ from ..core.errors import InputError, MissingFileError
 
 SourceKind = Literal["builtin", "file", "generated", "hf"]
 KINDS: tuple[str, ...] = ("builtin", "file", "generated", "hf")
-FILE_SUFFIXES: tuple[str, ...] = (".txt", ".jsonl", ".json")
+FILE_SUFFIXES: tuple[str, ...] = (".txt", ".jsonl", ".json", ".parquet", ".csv")
 DEFAULT_FIELD = "text"
 
 ACCEPTED_FORMS = (
     "accepted calibration sources: 'builtin' (shipped train split); "
-    "'file:PATH' or an existing PATH (a .txt/.jsonl/.json file or a directory of them; "
-    "'file:PATH#FIELD' picks a JSON field other than 'text'); "
+    "'file:PATH' or an existing PATH (a .txt/.jsonl/.json/.parquet/.csv file or a directory of them; "
+    "'file:PATH#FIELD' picks a field or column other than 'text'); "
     "'generated' (text sampled from the model itself); "
     "'hf:NAME[:CONFIG][:SPLIT]' (a Hugging Face dataset, 'text' column)"
 )

@@ -90,6 +90,11 @@ def _read_one(path: Path, field: str) -> list[str]:
         return _read_jsonl(path, field)
     if suffix == ".json":
         return _read_json(path, field)
+    if suffix in (".parquet", ".csv"):  # columnar files: read through datasets (its parquet / csv builders)
+        import datasets
+
+        ds = datasets.load_dataset(suffix[1:], data_files=str(path), split="train", streaming=True)
+        return dataset_texts(ds, None, None, what=str(path), field=field)
     raise InputError(f"unsupported calibration file type {suffix!r} for {path}; expected one of {FILE_SUFFIXES}")
 
 
@@ -140,24 +145,53 @@ def generate_texts(model: Any, tokenizer: Any, n_generated: int, gen_tokens: int
     return texts
 
 
-def hf_texts(src: CalibSource) -> list[str]:
-    """Non-empty rows of the text column of a Hugging Face dataset; `DatasetLoadError` if it cannot be loaded."""
+def hf_texts(src: CalibSource, want_tokens: int | None = None, tokenizer: Any = None) -> list[str]:
+    """Non-empty rows of the text column of a Hugging Face dataset, streamed: with ``want_tokens`` (and the
+    ``tokenizer``) reading stops once the rows hold that many tokens, so ``hf:allenai/c4:en`` reads a few MB,
+    not the corpus. `DatasetLoadError` if it cannot be opened."""
     name, config, split = src.hf_args()
-    field = src.field
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, config, split=split)
+        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+        return dataset_texts(ds, want_tokens, tokenizer, what=f"dataset {name!r}", field=src.field)
+    except InputError:
+        raise
     except Exception as e:  # network, offline mode, unknown name/config/split: all surface the same way
         raise DatasetLoadError(
             f"could not load Hugging Face dataset {name!r} (config={config!r}, split={split!r}): "
-            f"{type(e).__name__}: {e}. If the Hub is unreachable, save the text locally and use a file source "
-            f"instead, e.g. 'file:corpus.txt', 'file:data.jsonl' or 'file:DIR' (or 'builtin')."
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. If the Hub is unreachable, save the "
+            "text locally and use a file source instead, e.g. 'file:corpus.txt', 'file:data.jsonl' or 'file:DIR' "
+            "(or 'builtin')."
         ) from e
-    columns = list(getattr(ds, "column_names", None) or [])
-    if field not in columns:
-        raise InputError(f"dataset {name!r} has no column {field!r} (columns: {columns}); use 'hf:...#COLUMN'")
-    return [t for t in ds[field] if isinstance(t, str) and t.strip()]
+
+
+def dataset_texts(ds: Any, want_tokens: int | None, tokenizer: Any, *, what: str, field: str | None = None) -> list[str]:
+    """The non-empty strings of ``ds``'s text column (``field``; default ``text``, else its only string
+    column), in order, until they hold ``want_tokens`` tokens (all rows when None)."""
+    columns = list(getattr(ds, "column_names", None) or (ds.features or {}).keys())
+    if field is None:
+        strings = [c for c, f in (ds.features or {}).items() if getattr(f, "dtype", None) in ("string", "large_string")]
+        field = DEFAULT_FIELD if DEFAULT_FIELD in columns or len(strings) != 1 else strings[0]
+    if columns and field not in columns:
+        raise InputError(f"{what} has no column {field!r} (columns: {columns}); use 'hf:...#COLUMN' "
+                         "or a dataset with a 'text' column")
+    return take_tokens((row.get(field) if isinstance(row, dict) else None for row in ds), want_tokens, tokenizer)
+
+
+def take_tokens(texts: Any, want_tokens: int | None, tokenizer: Any) -> list[str]:
+    """The non-empty strings of ``texts`` (an iterable), in order, until they hold ``want_tokens`` tokens
+    (all of them when None): how an in-memory or streamed source is read."""
+    out, tokens = [], 0
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            continue
+        out.append(text)
+        if want_tokens is not None and tokenizer is not None:
+            tokens += len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) + 1
+            if tokens >= want_tokens:
+                break
+    return out
 
 
 def load_texts(
@@ -168,6 +202,7 @@ def load_texts(
     n_generated: int = 8,
     gen_tokens: int = 512,
     seed: int = 0,
+    want_tokens: int | None = None,
 ) -> list[str]:
     """The documents of a calibration source (see `parse_source` for the spec forms).
 
@@ -179,10 +214,10 @@ def load_texts(
     if src.kind == "file":
         return file_texts(src)
     if src.kind == "hf":
-        return hf_texts(src)
+        return hf_texts(src, want_tokens, tokenizer)
     if model is None or tokenizer is None:
         raise InputError("the 'generated' calibration source needs both model= and tokenizer= (it samples text from the model)")
     return generate_texts(model, tokenizer, n_generated, gen_tokens, seed)
 
 
-__all__ = ["DATA_DIR", "DEFAULT_FIELD", "DatasetLoadError", "builtin_texts", "heldout_text", "load_texts", "file_texts", "generate_texts", "hf_texts"]
+__all__ = ["DATA_DIR", "DEFAULT_FIELD", "DatasetLoadError", "builtin_texts", "heldout_text", "load_texts", "file_texts", "generate_texts", "hf_texts", "dataset_texts", "take_tokens"]

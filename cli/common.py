@@ -95,6 +95,13 @@ def with_revision(model: str, revision: str | None) -> str:
     return f"{model}@{revision}" if revision else model
 
 
+def fetch(*models: str) -> None:
+    """Download hub models now, after the inputs were checked and before any progress display, so that
+    the download bars stand alone (an embedded or local model is already here)."""
+    for model in models:
+        run_user(lambda: api.fetch_model(model))
+
+
 def json_option() -> Any:
     """``--json`` means one thing on every command: print JSON on stdout instead of a table."""
     return typer.Option(False, "--json", help="print JSON on stdout instead of a table (progress goes to stderr)")

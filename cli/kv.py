@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from compresskit import api
 
-from .common import check_device, csv, device_option, dtype_option, revision_option, run_user, with_revision
+from .common import check_device, csv, fetch, device_option, dtype_option, revision_option, run_user, with_revision
 from .render import console, status
 
 
@@ -44,6 +44,7 @@ def kv(
     parsed = run_user(lambda: [s if s == "full" else api.KVPolicy.parse(s) for s in specs])  # bad specs fail here
     if output is not None:
         run_user(lambda: api.check_output(output, overwrite))
+    fetch(path)
     with status(f"loading {path}"):
         model, tok = run_user(lambda: api.load_model(path, device=device, dtype=dtype))
     total, done = len(parsed) * len(csv(lengths, int)), [0]

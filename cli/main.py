@@ -22,7 +22,7 @@ from . import recipe  # run: recipes
 from .common import (
     EXIT_GATE_FAILED, csv, force_option, json_option, kv_option, longbench_limit_option, longbench_option,
     max_drop_option, max_ppl_increase_option, no_eval_option, passkey_trials_option, ppl_windows_option, print_push,
-    check_device, device_option, dtype_option, private_option, push_to_hub_option, revision_option, run_user,
+    check_device, device_option, dtype_option, fetch, private_option, push_to_hub_option, revision_option, run_user,
     samples_option, tasks_option, token_option, with_revision,
 )
 from .render import (
@@ -351,6 +351,7 @@ def distill(
                                                samples, seed, longbench, longbench_limit, cache))
     evaluation = _evaluation(no_eval, settings, max_drop, max_ppl_increase, baseline=teacher)
     state = work_dir or output.with_name(output.name + ".distill-state")
+    fetch(teacher, student)
     try:
         result = _run_pass(student, output, "distill", config, device=device, dtype=dtype, teacher=teacher, evaluation=evaluation,
                            push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
@@ -416,10 +417,12 @@ def eval_cmd(
     if baseline is not None and Path(baseline).suffix == ".json" and Path(baseline).is_file():
         base = run_user(lambda: api.load_report(baseline))
     elif baseline is not None:
+        fetch(baseline)
         with status(f"loading {baseline}", out):
             bm, btok = run_user(lambda: api.load_model(baseline, device=device, dtype=dtype))
         base = run_user(lambda: _evaluate(bm, btok, baseline, api.eval_settings(settings, kv=None), out))
         del bm
+    fetch(path)
     with status(f"loading {path}", out):
         m, tok = run_user(lambda: api.load_model(path, device=device, dtype=dtype))
     report = run_user(lambda: _evaluate(m, tok, path, settings, out))

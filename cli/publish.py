@@ -12,7 +12,7 @@ from rich.markup import escape
 from compresskit import api
 
 from .common import (
-    print_push, private_option, push_to_hub_option, revision_option, run_user, token_option, with_revision,
+    fetch, print_push, private_option, push_to_hub_option, revision_option, run_user, token_option, with_revision,
 )
 from .render import console, status
 
@@ -43,6 +43,7 @@ def export(
 ) -> None:
     """Export a compresskit checkpoint to a format engines read (transformers, vLLM, GPTQModel)."""
     path = with_revision(path, revision)
+    fetch(path)
     with status(f"exporting {path} as {format}"):
         result = run_user(lambda: api.export_model(path, format, output, overwrite=overwrite, dtype=dtype,
                                                weights_only=weights_only))

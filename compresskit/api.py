@@ -19,7 +19,8 @@ from .api_distill import (  # noqa: F401
 )
 from .api_eval import compare, eval_settings, eval_units, evaluate, load_report, write_eval_report  # noqa: F401
 from .api_models import (  # noqa: F401
-    USER_ERRORS, calibration_ids, check_output, checkpoint_bytes, copy_model, heldout_text, info, kernel_backends,
+    USER_ERRORS, calibration_ids, check_output, checkpoint_bytes, copy_model, fetch_model, heldout_text, info,
+    kernel_backends,
     load_model, manifest_of, record, resolve_device, resolve_dtype, save, set_kernel_backend, write_report,
 )
 from .api_passes import (  # noqa: F401

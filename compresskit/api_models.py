@@ -114,8 +114,9 @@ def kernel_backends() -> list[dict[str, str]]:
 
 def calibration_ids(model: nn.Module, tokenizer: Any, config: Any, calib: Any = None) -> torch.Tensor:
     """``[nsamples, seqlen]`` token ids for calibration (``config``: anything with ``nsamples``, ``seqlen``,
-    ``calib`` and ``seed``), checked against the model's context. ``calib`` is a LongTensor of token ids or
-    a source spec (default ``config.calib``)."""
+    ``calib`` and ``seed``), checked against the model's context. ``calib`` is a LongTensor of token ids, a
+    source spec (default ``config.calib``), a list of strings or a ``datasets.Dataset`` (its ``text``
+    column, read as far as the windows need)."""
     if isinstance(calib, torch.Tensor):
         ids = calib.long()
     else:
@@ -123,8 +124,8 @@ def calibration_ids(model: nn.Module, tokenizer: Any, config: Any, calib: Any = 
 
         if tokenizer is None:
             raise InputError("calibration from a text source needs the tokenizer: quantize(..., tokenizer=tok)")
-        ids = build_samples(tokenizer, calib or config.calib, config.nsamples, config.seqlen, seed=config.seed,
-                            model=model)
+        ids = build_samples(tokenizer, config.calib if calib is None else calib, config.nsamples, config.seqlen,
+                            seed=config.seed, model=model)
     context = getattr(model.config, "max_position_embeddings", None)
     if context is not None and ids.shape[1] > context:
         raise InputError(f"calibration seqlen {ids.shape[1]} exceeds the model's context {context}; "
@@ -224,6 +225,12 @@ def _add_files(directory: Path, files: dict[str, str | bytes | os.PathLike]) -> 
             shutil.copytree(content, target)
         else:
             shutil.copy2(content, target)
+
+
+def fetch_model(name_or_path: str | os.PathLike) -> Path:
+    """The local directory of a model: an embedded model converted once, a directory itself, a hub id
+    (``org/name[@revision]``) downloaded once into the hub cache (config, tokenizer, safetensors)."""
+    return Path(resolve_model(name_or_path))
 
 
 def check_output(path: str | os.PathLike, overwrite: bool = False) -> Path:

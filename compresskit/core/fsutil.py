@@ -5,11 +5,13 @@ directory, and an existing destination is only replaced when the caller asked fo
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import uuid
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,6 +21,13 @@ from .errors import CompresskitError, InputError
 
 class OutputExistsError(CompresskitError, FileExistsError):
     """The output path exists and overwriting was not asked for."""
+
+
+class OutputWriteError(CompresskitError, OSError):
+    """Writing an output failed for a reason of the disk: full, quota, read-only, permission denied."""
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def cache_root() -> Path:
@@ -47,10 +56,19 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     """Yield a fresh temporary directory beside ``path``; on success it becomes ``path``."""
     path = check_output_dir(path, overwrite).absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    clean_leftovers(path)
+    tmp = path.parent / f".{path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        tmp.mkdir()
         yield tmp
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in _DISK_ERRORS:  # the disk, not compresskit: one line, and nothing half-written is left
+            raise OutputWriteError(
+                f"could not write {path}: {e.strerror or e} ({e.filename or tmp}); nothing was written there. "
+                "Free space or fix the permissions (or choose another --output) and run again: "
+                "a resumable run continues from its saved state") from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -69,6 +87,41 @@ def usual_mode(path: str | os.PathLike) -> None:
     mask = os.umask(0o022)
     os.umask(mask)
     os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~mask)
+
+
+def clean_leftovers(path: Path) -> list[str]:
+    """Deal with what a killed run left beside ``path`` (returns one line per item, also warned):
+    ``.NAME.partial-PID-*`` of a process that is gone is removed (one of a live process, a concurrent run,
+    is left alone); ``.NAME.old-*`` is removed when ``path`` exists (the swap finished), else kept and
+    reported: it is the previous output of an overwrite that was killed mid-swap."""
+    notes = []
+    for p in sorted(path.parent.glob(f".{path.name}.partial-*")):
+        pid = p.name.rsplit(".partial-", 1)[1].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            notes.append(f"removed {p.name}: the unfinished output of an interrupted run (process {pid})")
+        elif not pid.isdigit():
+            notes.append(f"{p}: an unfinished output of an interrupted run (older compresskit); delete it")
+    for p in sorted(path.parent.glob(f".{path.name}.old-*")):
+        if path.exists():
+            shutil.rmtree(p, ignore_errors=True)
+            notes.append(f"removed {p.name}: the replaced output of an earlier --overwrite")
+        else:
+            notes.append(f"{p} holds the previous {path.name} (an --overwrite was interrupted while swapping); "
+                         f"rename it back to {path.name} to keep it")
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    return notes
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..core.errors import InputError
+from ..core.errors import CompresskitError, InputError
 from .checkpoint import TrainState, check_resumable, has_checkpoint, load_checkpoint, save_checkpoint
 from .config import DistillConfig
 from .objective import Objective, core_model
@@ -198,6 +198,8 @@ def _loop(accelerator, model, teacher, objective, optimizer, scheduler, state, c
             with accelerator.accumulate(model):
                 with accelerator.autocast():
                     loss, parts = objective(model, teacher, ids)
+                if not bool(torch.isfinite(loss.detach()).all()):  # before the step: the weights stay good
+                    _diverged(accelerator, work_dir, config, state, float(loss.detach().float().sum()))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.max_grad_norm:
                     accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -229,6 +231,23 @@ def _loop(accelerator, model, teacher, objective, optimizer, scheduler, state, c
             if stop:
                 return True
     return False
+
+
+class DistillDivergedError(CompresskitError, ArithmeticError):
+    """The loss stopped being a finite number: training stops before the bad step."""
+
+
+def _diverged(accelerator, work_dir: Path | None, config: DistillConfig, state: TrainState, loss: float) -> None:
+    """Stop with the student as it was after the last good step, saved as the resumable state if there is
+    a work dir (so nothing learned is lost)."""
+    kept = ""
+    if work_dir is not None and state.step > 0:
+        save_checkpoint(accelerator, work_dir, config)
+        kept = f"; the state after step {state.step} is saved in {work_dir}"
+    raise DistillDivergedError(
+        f"distillation diverged at step {state.step + 1} of {config.steps} (loss {loss}){kept}. Lower --lr "
+        f"(now {config.lr:g}), keep --max-grad-norm on (now {config.max_grad_norm:g}), or train in float32 "
+        "(--mixed-precision no)")
 
 
 def _mean_across(accelerator, value: float) -> float:

@@ -120,16 +120,17 @@ def _auth_error(e: BaseException, repo_id: str, endpoint: str) -> PushAuthError:
         "as --token (token=...) or set HF_TOKEN (or run `hf auth login`), and check that the namespace is yours")
 
 
-def _remote_state(api: Any, repo_id: str, revision: str) -> tuple[dict[str, Any], str | None]:
+def _remote_state(api: Any, repo_id: str, revision: str) -> tuple[dict[str, Any], str | None, bool | None]:
+    """The repo's files at ``revision``, its head commit and whether it is private."""
     from huggingface_hub.utils import EntryNotFoundError, RevisionNotFoundError
 
     try:
-        sha = api.repo_info(repo_id, revision=revision).sha
+        info = api.repo_info(repo_id, revision=revision)
         files = {f.path: f for f in api.list_repo_tree(repo_id, revision=revision, recursive=True)
                  if hasattr(f, "blob_id")}
     except (EntryNotFoundError, RevisionNotFoundError):
-        return {}, None
-    return files, sha
+        return {}, None, None
+    return files, info.sha, getattr(info, "private", None)
 
 
 def _push_once(api: Any, directory: Path, repo: str, *, private: bool, revision: str, overwrite: bool,
@@ -140,7 +141,11 @@ def _push_once(api: Any, directory: Path, repo: str, *, private: bool, revision:
     repo_id = api.create_repo(repo, private=private, exist_ok=True, repo_type="model").repo_id
     if revision != DEFAULT_REVISION:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    remote, head = _remote_state(api, repo_id, revision)
+    remote, head, is_private = _remote_state(api, repo_id, revision)
+    if private and is_private is False:  # create_repo(exist_ok=True) does not change an existing repo
+        raise PushError(f"{repo_id} already exists and is public: --private (private=True) does not make an existing "
+                        "repo private, so nothing was pushed. Make it private in its settings on the hub, or push to "
+                        "a new --repo")
     changed, extra = differences(local, remote)
     if not changed and not extra:
         return PushResult(repo_id, revision, None, head)

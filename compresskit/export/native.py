@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from safetensors.torch import save_file
 
 from ..core.fsutil import atomic_output_dir, sha256_file
 from ..core.manifest import QuantManifest
@@ -28,51 +27,84 @@ def _narrow(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return narrow if torch.equal(narrow.to(t.dtype), t) else t
 
 
-def storage_state_dict(model: nn.Module, storage_dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The tensors to write: tied duplicates dropped; scales as fp16 and other floats as
-    ``storage_dtype``, each only where the cast is exact, so a reload reproduces the model bit for bit."""
+def storage_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's own tensors to write (no copies), tied duplicates dropped."""
     state = model.state_dict()
     for target, source in getattr(model, "all_tied_weights_keys", {}).items():
         if target in state and source in state and state[target].data_ptr() == state[source].data_ptr():
             del state[target]
-    out = {}
+    return state
+
+
+def stored(name: str, t: torch.Tensor, storage_dtype: torch.dtype) -> torch.Tensor:
+    """``t`` as written: scales as fp16 and other floats as ``storage_dtype``, each only where the cast is
+    exact (a reload reproduces the model bit for bit); on the CPU, contiguous."""
+    t = t.detach().cpu()
+    if t.is_floating_point():
+        t = _narrow(t, torch.float16 if name.endswith(SCALE_SUFFIXES) else storage_dtype)
+    return t.contiguous()
+
+
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
+def write_safetensors(state: dict[str, torch.Tensor], out: Path, max_shard_bytes: int,
+                      convert: Callable[[str, torch.Tensor], torch.Tensor] = lambda name, t: t.detach().cpu().contiguous(),
+                      ) -> dict[str, dict[str, Any]]:
+    """Write ``convert(name, tensor)`` of every tensor as one file or shards plus an index; returns
+    ``{file: {"bytes", "sha256"}}``. Tensors are converted and written one at a time (the safetensors
+    layout written directly: header, then each tensor's bytes), so saving holds at most one converted
+    tensor besides the model: no copy of the whole state."""
+    layout = {}  # name -> (dtype, shape, bytes) of what will be written (converted once to know)
     for name, t in state.items():
-        t = t.detach().cpu()
-        if t.is_floating_point():
-            t = _narrow(t, torch.float16 if name.endswith(SCALE_SUFFIXES) else storage_dtype)
-        out[name] = t.contiguous().clone()
-    return out
-
-
-def _shards(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, torch.Tensor]]:
-    shards: list[dict[str, torch.Tensor]] = [{}]
+        c = convert(name, t)
+        layout[name] = (c.dtype, tuple(c.shape), c.numel() * c.element_size())
+        del c
+    shards: list[list[str]] = [[]]
     size = 0
-    for name, t in state.items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_bytes:
-            shards.append({})
+    for name, (_, _, nbytes) in layout.items():
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
             size = 0
-        shards[-1][name] = t
+        shards[-1].append(name)
         size += nbytes
-    return shards
-
-
-def write_safetensors(state: dict[str, torch.Tensor], out: Path, max_shard_bytes: int) -> dict[str, dict[str, Any]]:
-    """Write one file or shards plus an index; returns ``{file: {"bytes", "sha256"}}``."""
-    shards = _shards(state, max_shard_bytes)
     files: dict[str, dict[str, Any]] = {}
     weight_map = {}
-    for i, shard in enumerate(shards, 1):
+    for i, names in enumerate(shards, 1):
         name = "model.safetensors" if len(shards) == 1 else f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, str(out / name), metadata={"format": "pt"})
-        os.chmod(out / name, 0o644)  # safetensors creates 0600 files; checkpoints are meant to be shared
+        _write_file(out / name, names, layout, lambda n: convert(n, state[n]))
+        os.chmod(out / name, 0o644)  # checkpoints are meant to be shared
         files[name] = {"bytes": (out / name).stat().st_size, "sha256": sha256_file(out / name)}
-        weight_map.update({k: name for k in shard})
+        weight_map.update({k: name for k in names})
     if len(shards) > 1:
-        total = sum(t.numel() * t.element_size() for t in state.values())
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        index = {"metadata": {"total_size": sum(v[2] for v in layout.values())}, "weight_map": weight_map}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return files
+
+
+def _write_file(path: Path, names: list[str], layout: dict[str, tuple], tensor: Callable[[str], torch.Tensor]) -> None:
+    """One safetensors file: 8-byte header length, the JSON header (padded to 8 bytes), the tensors' bytes."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for n in names:
+        dtype, shape, nbytes = layout[n]
+        header[n] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        for n in names:
+            t = tensor(n)
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+            del t
+
+
+FILES_KEY = "compresskit_files"  # config.json of a float checkpoint: {file: {"bytes", "sha256"}}
 
 
 def save_native(
@@ -94,13 +126,17 @@ def save_native(
     config.json and every side file before they are written (the API drops local paths); ``finalize(tmp)``
     runs last, inside the temporary directory (the model card is written there)."""
     with atomic_output_dir(path, overwrite=overwrite) as tmp:
-        files = write_safetensors(storage_state_dict(model, storage_dtype), tmp, max_shard_bytes)
+        files = write_safetensors(storage_state_dict(model), tmp, max_shard_bytes,
+                                  lambda name, t: stored(name, t, storage_dtype))
         config = model.config.to_dict() | (config_updates or {})
         config.pop("quantization_config", None)
+        config.pop(FILES_KEY, None)
         config["dtype"] = str(storage_dtype).removeprefix("torch.")
         if manifest is not None:
             manifest.files = files
             config["quantization_config"] = manifest.config_dict()
+        else:  # a float checkpoint (pruned, distilled): the same sizes and sha256 sums, checked on load
+            config[FILES_KEY] = files
         (tmp / "config.json").write_text(json.dumps(scrub(config), indent=2, sort_keys=True) + "\n")
         gen = getattr(model, "generation_config", None)
         if gen is not None:

@@ -20,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,8 @@ from ..core.packing import pack_int
 SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 GEMV_MAX_ROWS = 8  # above this many rows, dequantize column chunks and use BLAS (measured in bench/kernels.py)
 CHUNK_ELEMENTS = 1 << 22  # at most this many dequantized weights (16 MB fp32) at a time in prefill
-_FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"])
+# the last set is for a compiler without OpenMP (e.g. Apple's clang): the same kernels, one thread
+_FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
 # fp-contract: fused multiply-adds; no-math-errno: lrintf inlines to one instruction
 _COMMON = ["-std=gnu11", "-ffp-contract=fast", "-fno-math-errno", "-shared", "-fPIC"]
 
@@ -78,11 +80,33 @@ def _build(cc: str) -> Path:
     raise NativeUnavailable("building the CPU kernels failed:\n" + "\n".join(errors))
 
 
-@functools.lru_cache(maxsize=None)
 def library() -> ctypes.CDLL:
-    """The loaded library (built on first call); `NativeUnavailable` says why not."""
+    """The loaded library (built on first call); `NativeUnavailable` says why not. A failure is
+    remembered: the build is tried once per process, and warned about once."""
+    lib = _loaded()
+    if isinstance(lib, NativeUnavailable):
+        raise lib
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded() -> ctypes.CDLL | NativeUnavailable:
     if os.environ.get("COMPRESSKIT_NO_NATIVE") == "1":
-        raise NativeUnavailable("turned off by COMPRESSKIT_NO_NATIVE=1")
+        return NativeUnavailable("turned off by COMPRESSKIT_NO_NATIVE=1")
+    try:
+        return _open()
+    except (NativeUnavailable, OSError, subprocess.SubprocessError) as e:
+        # a read-only or full cache, a noexec mount, a failing compiler: quantized layers use the
+        # dequantize backend instead (same results, slower decode)
+        reason = e if isinstance(e, NativeUnavailable) else NativeUnavailable(
+            f"the CPU kernels could not be built or loaded ({type(e).__name__}: {e}); set COMPRESSKIT_CACHE to a "
+            "writable directory on a filesystem that allows executables, or COMPRESSKIT_NO_NATIVE=1 to skip them")
+        warnings.warn(f"compresskit's CPU kernels are unavailable, quantized layers use the slower dequant "
+                      f"backend: {str(reason).splitlines()[0]}", RuntimeWarning, stacklevel=4)
+        return reason
+
+
+def _open() -> ctypes.CDLL:
     path = _build(_compiler())
     lib = ctypes.CDLL(str(path))  # torch is already loaded, so its OpenMP runtime is the one used
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p

@@ -146,7 +146,8 @@ def load_pretrained(
     get_arch(config)  # unsupported families fail here, before any weight is read
     qcfg = getattr(config, "quantization_config", None)
     qcfg = qcfg.to_dict() if hasattr(qcfg, "to_dict") else qcfg
-    verify_checkpoint(path, (qcfg or {}).get("files"), checksums=verify)
+    files = (qcfg or {}).get("files") or getattr(config, "compresskit_files", None)  # quantized, or float
+    verify_checkpoint(path, files, checksums=verify)
     _require_safetensors(Path(path), str(name_or_path))
     source_dtype = _config_dtype(path)
     with _no_loading_bar():  # the files are local now: the caller's own progress display stays alone

@@ -113,9 +113,9 @@ def test_parse_source_errors(tmp_path: Path) -> None:
     for spec in (f"file:{missing}", str(missing)):
         with pytest.raises(FileNotFoundError, match="missing.jsonl"):
             parse_source(spec)
-    bad_suffix = tmp_path / "data.csv"
+    bad_suffix = tmp_path / "data.xlsx"
     bad_suffix.write_text("a,b\n")
-    with pytest.raises(ValueError, match=r"\.csv"):
+    with pytest.raises(ValueError, match=r"\.xlsx"):
         parse_source(f"file:{bad_suffix}")
     for bad in ("", "file:", "hf:", "hf::cfg"):
         with pytest.raises(ValueError):

@@ -196,3 +196,27 @@ def test_write_json_atomic_and_sizes(tmp_path):
     (tmp_path / "n.safetensors").write_bytes(b"123")
     assert dir_size_bytes(tmp_path) == 10
     assert sha256_file(tmp_path / "n.safetensors") == hashlib.sha256(b"123").hexdigest()
+
+
+def test_what_a_killed_run_left_is_cleaned_or_reported(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone = tmp_path / f".out.partial-{int(dead.stdout)}-abcd1234"  # a run that was killed mid-write
+    live = tmp_path / f".out.partial-{os.getpid()}-0000beef"  # a concurrent run, still writing
+    previous = tmp_path / ".out.old-12345678"  # an --overwrite killed between its two renames
+    for d in (gone, live, previous):
+        d.mkdir()
+    (previous / "config.json").write_text("{}")
+    with pytest.warns(UserWarning) as caught:
+        with atomic_output_dir(tmp_path / "out") as tmp:
+            (tmp / "a").write_text("x")
+    messages = " ".join(str(w.message) for w in caught)
+    assert not gone.exists() and live.is_dir() and "interrupted run" in messages
+    assert previous.is_dir() and "rename it back to out" in messages  # kept: it was the only copy
+    with pytest.warns(UserWarning, match="replaced output"):
+        with atomic_output_dir(tmp_path / "out", overwrite=True):
+            pass
+    assert not previous.exists()  # out exists again: the old copy is garbage now

@@ -146,3 +146,28 @@ def test_a_checkpoint_of_other_settings_is_refused(pair, tmp_path):
     same = DistillConfig.from_dict({**RESUME.to_dict(), "checkpoint_every": 0})
     s2 = copy.deepcopy(s0)
     assert run_distillation(s2, t, same, samples, trainable=_floats(s2), work_dir=tmp_path).resumed_from == 2
+
+
+def test_a_nan_loss_stops_before_the_step_and_keeps_the_last_good_state(pair, tmp_path, monkeypatch):
+    from compresskit.distill import trainer
+    from compresskit.distill.trainer import DistillDivergedError
+
+    t, s0 = pair
+    build, calls = trainer.Objective.build, [0]
+
+    def poisoned(*args, **kwargs):
+        real = build(*args, **kwargs)
+
+        def objective(model, teacher, ids):
+            calls[0] += 1
+            loss, parts = real(model, teacher, ids)
+            return (loss * float("nan") if calls[0] == 7 else loss), parts  # step 4 (2 micro-batches a step)
+        return objective
+
+    monkeypatch.setattr(trainer.Objective, "build", poisoned)
+    s = copy.deepcopy(s0)
+    with pytest.raises(DistillDivergedError, match="diverged at step 4 of 6.*state after step 3 is saved"):
+        run_distillation(s, t, RESUME, windows_fn(token_stream()), trainable=_floats(s), work_dir=tmp_path)
+    assert all(bool(torch.isfinite(p).all()) for p in _floats(s))  # the NaN step never touched the weights
+    assert not all(torch.equal(a, b) for a, b in zip(_floats(s), _floats(s0)))  # the 3 good steps did
+    assert (tmp_path / "checkpoint").is_dir()

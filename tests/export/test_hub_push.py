@@ -96,3 +96,13 @@ def test_push_to_a_branch(hub, artifact):
     assert result.revision == "w4g32"
     assert set(hub.files("tester/tiny-w4", "w4g32")) - {".gitattributes"} == set(_saved(artifact))
     assert set(hub.files("tester/tiny-w4", "main")) == {".gitattributes"}
+
+
+def test_private_on_an_existing_public_repo_refuses_and_publishes_nothing(hub, artifact):
+    hub.add("tester/public", {"README.md": b"# an existing public model\n"})
+    with pytest.raises(PushError, match="already exists and is public.*nothing was pushed"):
+        _push(hub, artifact, repo="tester/public", private=True, overwrite=True)
+    assert hub.files("tester/public") == {"README.md": b"# an existing public model\n"}
+    assert not any(p.endswith("/commit/main") for _, p in hub.requests)
+    _push(hub, artifact, repo="tester/public", overwrite=True)  # public, asked for public: pushed
+    assert "model.safetensors" in hub.files("tester/public")

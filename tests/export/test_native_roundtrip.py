@@ -248,15 +248,19 @@ def test_output_path_that_is_a_file_is_refused(tmp_path, tiny_tokenizer):
     assert target.read_text() == "x"
 
 
-def _failing_save_file(*args, **kwargs):
-    raise RuntimeError("disk full (simulated)")
+def _failing_write(path, *args, **kwargs):
+    """The disk fills up halfway through a weights file."""
+    import errno
+
+    path.write_bytes(b"\0" * 100)
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
 
 def test_failed_write_leaves_nothing(tmp_path, tiny_tokenizer, monkeypatch):
     parent = tmp_path / "parent"
     model, _ = _quantized("llama", True, wbits=4)
-    monkeypatch.setattr(native, "save_file", _failing_save_file)
-    with pytest.raises(RuntimeError, match="disk full"):
+    monkeypatch.setattr(native, "_write_file", _failing_write)
+    with pytest.raises(compresskit.CompresskitError, match="No space left on device.*nothing was written"):
         compresskit.save(model, tiny_tokenizer, parent / "q")
     assert not (parent / "q").exists()
     assert list(parent.iterdir()) == []  # no hidden .q.partial-* directory either
@@ -267,8 +271,8 @@ def test_failed_overwrite_keeps_the_old_dir(tmp_path, tiny_tokenizer, monkeypatc
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     model, _ = _quantized("llama", True, wbits=4)
-    monkeypatch.setattr(native, "save_file", _failing_save_file)
-    with pytest.raises(RuntimeError, match="disk full"):
+    monkeypatch.setattr(native, "_write_file", _failing_write)
+    with pytest.raises(compresskit.CompresskitError, match="No space left on device"):
         compresskit.save(model, tiny_tokenizer, out, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
@@ -297,3 +301,30 @@ def test_folded_norms_keep_their_precision_when_the_source_is_bf16(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
+def test_saving_converts_one_tensor_at_a_time(tmp_path, tiny_tokenizer, monkeypatch):
+    """No copy of the whole state: when a tensor is converted for writing, no earlier converted one is alive
+    (peak memory at save is the model's plus one tensor)."""
+    import weakref
+
+    model = make_tiny_model("llama").to(torch.bfloat16).float()  # float32 values exact in bf16: all narrowed
+    compresskit.record(model).source.dtype = "bfloat16"
+    alive: list[weakref.ref] = []
+    peak = [0]
+    real = native.stored
+
+    def spy(name, t, dtype):
+        out = real(name, t, dtype)
+        peak[0] = max(peak[0], sum(r() is not None for r in alive))
+        if out.data_ptr() != t.data_ptr():
+            alive.append(weakref.ref(out))
+        return out
+
+    monkeypatch.setattr(native, "stored", spy)
+    out = compresskit.save(model, tiny_tokenizer, tmp_path / "m")
+    assert len(alive) >= 8 and peak[0] <= 1
+    reloaded, _ = compresskit.load_model(out)
+    for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
+        assert torch.equal(a, b), name  # bit for bit
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"

@@ -117,6 +117,6 @@ def test_import_loads_no_kernel():
     import sys
 
     code = ("import sys, compresskit; from compresskit.kernels import cpu_native; "
-            "print('compresskit.kernels.triton_kernels' in sys.modules, cpu_native.library.cache_info().currsize)")
+            "print('compresskit.kernels.triton_kernels' in sys.modules, cpu_native._loaded.cache_info().currsize)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "0"]

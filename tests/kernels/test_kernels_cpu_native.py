@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _packed import CASES, ROWS, random_packed, rel_err
+from conftest import make_tiny_model
 
 from compresskit.core.quant_math import quantize_rows_int8
 from compresskit.kernels import cpu_native, reference
@@ -101,7 +102,7 @@ def test_group_size_must_start_on_word_boundaries():
 
 def test_build_failure_and_opt_out_give_reasons(monkeypatch):
     monkeypatch.setenv("COMPRESSKIT_NO_NATIVE", "1")
-    cpu_native.library.cache_clear()
+    cpu_native._loaded.cache_clear()
     try:
         assert "COMPRESSKIT_NO_NATIVE" in cpu_native.unavailable_reason()
         monkeypatch.delenv("COMPRESSKIT_NO_NATIVE")
@@ -110,4 +111,41 @@ def test_build_failure_and_opt_out_give_reasons(monkeypatch):
         with pytest.raises(cpu_native.NativeUnavailable, match="no C compiler"):
             cpu_native._compiler()
     finally:
-        cpu_native.library.cache_clear()
+        cpu_native._loaded.cache_clear()
+
+
+@pytest.mark.parametrize("failure", ["unwritable cache", "noexec mount", "failing compiler"])
+def test_a_build_or_load_failure_falls_back_once_with_one_warning(monkeypatch, tmp_path, failure):
+    import warnings
+
+    import compresskit
+    from compresskit.core.config import QuantConfig
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("COMPRESSKIT_CACHE", str(tmp_path / "cache"))
+    if failure == "unwritable cache":
+        monkeypatch.setenv("COMPRESSKIT_CACHE", str(blocker / "cache"))  # mkdir under a file: OSError
+    elif failure == "noexec mount":
+        def noexec(path, *a, **k):
+            raise OSError(f"{path}: failed to map segment from shared object")
+        monkeypatch.setattr(cpu_native.ctypes, "CDLL", noexec)
+    else:
+        monkeypatch.setenv("CC", "false")  # exists, exits 1
+    builds = []
+    real_build = cpu_native._build
+    monkeypatch.setattr(cpu_native, "_build", lambda cc: builds.append(cc) or real_build(cc))
+    cpu_native._loaded.cache_clear()
+    try:
+        model = make_tiny_model("llama")
+        compresskit.quantize(model, QuantConfig(wbits=4, group_size=32))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            used = compresskit.set_kernel_backend(model, "auto")
+            model(torch.randint(0, 320, (1, 8)))
+            assert cpu_native.unavailable_reason() is not None
+        assert set(used.values()) == {"dequant"} and len(builds) == 1  # tried once for 14 layers
+        native = [w for w in caught if "CPU kernels are unavailable" in str(w.message)]
+        assert len(native) == 1, [str(w.message) for w in caught]
+    finally:
+        cpu_native._loaded.cache_clear()

@@ -79,3 +79,18 @@ def test_pickle_only_and_unknown_repos_are_refused_in_one_line(hub, tmp_path, ti
     result = CliRunner().invoke(app, ["eval", "org/nothing-here", "--tasks", "ppl"])
     assert result.exit_code == 2 and result.stderr.startswith("error: could not get 'org/nothing-here'")
     assert "Traceback" not in result.output
+
+
+def test_export_and_eval_take_a_hub_id(hub, tmp_path, tiny_tokenizer):
+    model = make_tiny_model("llama")
+    compresskit.quantize(model, wbits=4, group_size=32)
+    saved = compresskit.save(model, tiny_tokenizer, tmp_path / "q")
+    hub.add("org/tiny-w4", {str(p.relative_to(saved)): p.read_bytes() for p in saved.rglob("*") if p.is_file()})
+    out = tmp_path / "gptq"
+    result = CliRunner().invoke(app, ["export", "org/tiny-w4", "--format", "gptq", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
+    result = CliRunner().invoke(app, ["eval", "org/tiny-w4", "--tasks", "ppl", "--lengths", "64", "--ppl-windows", "1",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["rows"][0]["task"] == "ppl"

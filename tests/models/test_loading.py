@@ -10,6 +10,7 @@ import torch
 from conftest import make_tiny_model
 
 import compresskit
+from compresskit import api
 from compresskit.core.arch import UnsupportedArchitectureError
 from compresskit.models import CorruptCheckpointError, ModelNotFoundError, load_pretrained, resolve_model
 from compresskit.models import embedded
@@ -134,6 +135,22 @@ def test_supported_families_load(family, tmp_path, tiny_tokenizer):
 
 
 # -- corrupt checkpoints ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pass_", ["prune", "distill-like float save"])
+def test_a_float_checkpoint_carries_sha256_sums_too(tmp_path, tiny_tokenizer, pass_):
+    model = make_tiny_model("llama")
+    if pass_ == "prune":
+        api.prune(model, api.make_prune_config(mlp=0.25, protect_retrieval=False), calib=torch.randint(0, 320, (2, 32)))
+    d = compresskit.save(model, tiny_tokenizer, tmp_path / "f")
+    files = json.loads((d / "config.json").read_text())["compresskit_files"]
+    assert set(files) == {"model.safetensors"} and len(files["model.safetensors"]["sha256"]) == 64
+    f = d / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="sha256"):
+        compresskit.load_model(d)
 
 
 def test_flipped_bytes_fail_sha256(tmp_path, tiny_tokenizer):
