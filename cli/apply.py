@@ -15,7 +15,7 @@ from .common import (
     EXIT_GATE_FAILED, EXIT_USER_ERROR, csv, force_option, longbench_limit_option, longbench_option, max_drop_option,
     max_ppl_increase_option, no_eval_option, passkey_trials_option, ppl_windows_option, print_push, private_option,
     push_to_hub_option, revision_option, run_user, samples_option, tasks_option, token_option, with_revision,
-    check_device, device_option, dtype_option,
+    check_device, device_option, dtype_option, push_format_option,
 )
 from .render import comparison_table, console, err_console, phase_progress
 
@@ -45,6 +45,7 @@ def apply(
     longbench_limit: Optional[int] = longbench_limit_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing output directory"),
     push_to_hub: Optional[str] = push_to_hub_option(),
+    push_format: str = push_format_option(),
     private: bool = private_option(),
     token: Optional[str] = token_option(),
 ) -> None:
@@ -71,7 +72,8 @@ def apply(
             result = run_user(lambda: api.run_pass(
                 model, output, kind, settings, evaluation=evaluation, teacher=teacher, overwrite=overwrite,
                 device=device, dtype=dtype,
-                force=force, token=token, push=None if not push_to_hub else {"repo": push_to_hub, "private": private},
+                force=force, token=token, push=None if not push_to_hub else {"repo": push_to_hub, "private": private,
+                                                    "format": push_format},
                 progress=on_event))
     except api.GateFailedError as e:
         console.print(comparison_table(f"{model} -> {output} ({kind})", before_bytes, None, e.evaluation.before,

@@ -141,6 +141,12 @@ def push_to_hub_option() -> Any:
     return typer.Option(None, "--push-to-hub", metavar="NAME", help=PUSH_TO_HUB_HELP)
 
 
+def push_format_option() -> Any:
+    return typer.Option("auto", "--push-format", help="with --push-to-hub: auto (a quantized model as GPTQ, which "
+                        "loads without compresskit; anything else as saved), native (compresskit's format: loading "
+                        "needs `import compresskit`), gptq, gptq-v1, compressed-tensors")
+
+
 def private_option() -> Any:
     return typer.Option(False, "--private", help=PRIVATE_HELP)
 

@@ -22,7 +22,7 @@ from . import recipe  # run: recipes
 from .common import (
     EXIT_GATE_FAILED, csv, force_option, json_option, kv_option, longbench_limit_option, longbench_option,
     max_drop_option, max_ppl_increase_option, no_eval_option, passkey_trials_option, ppl_windows_option, print_push,
-    check_device, device_option, dtype_option, fetch, private_option, push_to_hub_option, revision_option, run_user,
+    check_device, device_option, dtype_option, fetch, push_format_option, private_option, push_to_hub_option, revision_option, run_user,
     samples_option, tasks_option, token_option, with_revision,
 )
 from .render import (
@@ -74,8 +74,8 @@ def _evaluation(no_eval: bool, settings: Any, max_drop: Optional[float] = None,
     return settings.to_dict() | {"max_drop": max_drop, "max_ppl_increase": max_ppl_increase, "baseline": baseline}
 
 
-def _push(push_to_hub: Optional[str], private: bool) -> Optional[dict[str, Any]]:
-    return None if not push_to_hub else {"repo": push_to_hub, "private": private}
+def _push(push_to_hub: Optional[str], private: bool, push_format: str = "auto") -> Optional[dict[str, Any]]:
+    return None if not push_to_hub else {"repo": push_to_hub, "private": private, "format": push_format}
 
 
 def _run_pass(model: str, output: Path, kind: str, config: Any, **kw: Any) -> Any:
@@ -149,6 +149,7 @@ def quantize(
     keep_state: bool = typer.Option(False, "--keep-state", help="omniquant: keep the work dir after saving"),
     kv: Optional[str] = kv_option(),
     push_to_hub: Optional[str] = push_to_hub_option(),
+    push_format: str = push_format_option(),
     private: bool = private_option(),
     token: Optional[str] = token_option(),
     set_: list[str] = typer.Option([], "--set", metavar="FIELD=VALUE", help="a setting of the method that has no "
@@ -174,7 +175,7 @@ def quantize(
     try:
         result = _run_pass(model, output, "quantize", config, device=device, dtype=dtype, evaluation=_evaluation(no_eval, settings, max_drop,
                                                                                      max_ppl_increase),
-                           push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
+                           push=_push(push_to_hub, private, push_format), overwrite=overwrite, force=force, token=token,
                            state_dir=work_dir, keep_state=keep_state, kv=kv)
     except api.GateFailedError as e:
         title = f"{model} -> {output} ({config.name}, quantized in {e.result.pass_seconds.get(1, 0.0):.1f}s)"
@@ -224,6 +225,7 @@ def prune(
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the parent's scores computed before"),
     kv: Optional[str] = kv_option(),
     push_to_hub: Optional[str] = push_to_hub_option(),
+    push_format: str = push_format_option(),
     private: bool = private_option(),
     token: Optional[str] = token_option(),
 ) -> None:
@@ -244,7 +246,7 @@ def prune(
     try:
         result = _run_pass(model, output, "prune", config, device=device, dtype=dtype, evaluation=_evaluation(no_eval, settings, max_drop,
                                                                                   max_ppl_increase),
-                           push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
+                           push=_push(push_to_hub, private, push_format), overwrite=overwrite, force=force, token=token,
                            record_ungated=False, kv=kv)
     except api.GateFailedError as e:
         _gate_failed(e, comparison_table(f"{model} -> {output} ({config.name})", before_bytes, None,
@@ -323,6 +325,7 @@ def distill(
     cache: bool = typer.Option(True, "--cache/--no-cache", help="reuse the teacher's scores computed before"),
     kv: Optional[str] = kv_option(),
     push_to_hub: Optional[str] = push_to_hub_option(),
+    push_format: str = push_format_option(),
     private: bool = private_option(),
     token: Optional[str] = token_option(),
 ) -> None:
@@ -354,7 +357,7 @@ def distill(
     fetch(teacher, student)
     try:
         result = _run_pass(student, output, "distill", config, device=device, dtype=dtype, teacher=teacher, evaluation=evaluation,
-                           push=_push(push_to_hub, private), overwrite=overwrite, force=force, token=token,
+                           push=_push(push_to_hub, private, push_format), overwrite=overwrite, force=force, token=token,
                            state_dir=state, keep_state=keep_state, main_process=main, kv=kv)
     except api.GateFailedError as e:
         summary = e.result.results[1]

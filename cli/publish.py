@@ -62,11 +62,15 @@ def push(
     token: Optional[str] = token_option(),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace the repo's contents if it holds other files"),
     endpoint: Optional[str] = typer.Option(None, help="hub endpoint (default: HF_ENDPOINT or huggingface.co)"),
+    format: str = typer.Option("auto", "--format", "-f", help="auto (a compresskit-quantized model as GPTQ, which "
+                               "loads without compresskit; anything else as saved), native, gptq, gptq-v1, "
+                               "compressed-tensors"),
 ) -> None:
-    """Push a saved model to a hub repo in one commit (retried on transient errors)."""
+    """Push a saved model to a hub repo in one commit (retried on transient errors). A quantized model goes
+    as GPTQ by default, so that whoever has only the hub id loads the right weights."""
     with status(f"pushing {path} to {repo}"):
         result = run_user(lambda: api.push(path, repo, private=private, revision=revision, token=token,
-                                       overwrite=overwrite, endpoint=endpoint))
+                                       overwrite=overwrite, endpoint=endpoint, format=format))
     print_push(result)
 
 

@@ -263,9 +263,9 @@ def quantize(
 
     ``config`` is a `QuantConfig`, `GPTQConfig` or `OmniQuantConfig` (or any registered method's config), a
     dict of fields (``method`` picks the class), or None (fields from ``overrides``). RTN needs no data.
-    GPTQ and OmniQuant calibrate on ``calib``: a ``[nsamples, seqlen]`` LongTensor of token ids, or a
-    source spec (``"builtin"``, ``"file:PATH"``, ``"generated"``, ``"hf:NAME"``; default ``config.calib``)
-    tokenized with ``tokenizer``. ``work_dir`` keeps per-block checkpoints so an interrupted OmniQuant run
+    GPTQ and OmniQuant calibrate on ``calib``: a ``[nsamples, seqlen]`` LongTensor of token ids, a source
+    spec (``"builtin"``, ``"file:PATH"``, ``"generated"``, ``"hf:NAME"``; default ``config.calib``), a list of
+    strings or a ``datasets.Dataset``, tokenized with ``tokenizer``. ``work_dir`` keeps per-block checkpoints so an interrupted OmniQuant run
     resumes. ``progress(n, message)`` (compresskit.core.progress) is called per linear (RTN, GPTQ) or per
     block epoch (OmniQuant).
     """

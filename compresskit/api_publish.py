@@ -10,6 +10,7 @@ e.g. after an evaluation report was added to ``evaluation/``).
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -171,12 +172,52 @@ def export_model(path: str | os.PathLike, format: str = "gptq", output: str | os
     return ExportResult(Path(out), format, notes, dir_size_bytes(out))
 
 
+PUSH_FORMATS = ("auto", "native", *EXPORT_FORMATS)
+
+
 def push(path: str | os.PathLike, repo: str, *, private: bool = False, revision: str | None = None,
          token: str | None = None, overwrite: bool = False, endpoint: str | None = None,
-         commit_message: str | None = None, attempts: int = 4, backoff: float = 2.0):
-    """Push the saved artifact at ``path`` (native or exported) to the hub model repo ``repo`` in one
-    commit (a ``PushResult``). A repo that already holds the same files is left alone; one that holds
-    different files is refused (``RepoConflictError``) unless ``overwrite``; bad credentials raise
-    ``PushAuthError`` (use ``token`` or ``HF_TOKEN``); transient errors are retried ``attempts`` times."""
-    return push_folder(path, repo, private=private, revision=revision, token=token, overwrite=overwrite,
-                       endpoint=endpoint, commit_message=commit_message, attempts=attempts, backoff=backoff)
+         commit_message: str | None = None, attempts: int = 4, backoff: float = 2.0, format: str = "auto"):
+    """Push the saved artifact at ``path`` to the hub model repo ``repo`` in one commit (a ``PushResult``).
+
+    ``format``: ``"auto"`` (default) pushes a compresskit-quantized checkpoint as a GPTQ export, which
+    transformers (+ optimum + GPTQModel), vLLM and others load without compresskit, so whoever has only the
+    hub id gets the right weights; anything else (a float or pruned model, an export) as it is.
+    ``"native"`` pushes compresskit's own format (it loads only after ``import compresskit``);
+    ``"gptq"``, ``"gptq-v1"``, ``"compressed-tensors"`` export first (`export_model`). A checkpoint a
+    format cannot hold (weight-activation, 3-bit compressed-tensors, ...) is refused naming the way out.
+    A repo that already holds the same files is left alone; one that holds different files is refused
+    (``RepoConflictError``) unless ``overwrite``; bad credentials raise ``PushAuthError`` (use ``token`` or
+    ``HF_TOKEN``); transient errors are retried ``attempts`` times."""
+    if format not in PUSH_FORMATS:
+        raise ExportError(f"push format {format!r} is not one of {', '.join(PUSH_FORMATS)}")
+    kw = dict(private=private, revision=revision, token=token, overwrite=overwrite, endpoint=endpoint,
+              commit_message=commit_message, attempts=attempts, backoff=backoff)
+    target = _push_format(Path(path), format)
+    if target == "native":
+        return push_folder(path, repo, **kw)
+    with tempfile.TemporaryDirectory(prefix=".push-") as tmp:
+        try:
+            exported = export_model(path, target, Path(tmp) / Path(path).name)
+        except ExportError as e:
+            if format != "auto":
+                raise
+            raise ExportError(f"{path} cannot be pushed as GPTQ, the default ({e}); pass --push-format native "
+                              "(format='native') to push compresskit's own format, which loads only after "
+                              "`import compresskit`") from e
+        _write(exported.path, name=repo)  # the card's usage names the hub repo: from_pretrained("org/name")
+        return push_folder(exported.path, repo, **kw)
+
+
+def _push_format(path: Path, format: str) -> str:
+    """What ``format="auto"`` means for the artifact at ``path``: gptq for a compresskit-quantized one."""
+    if format != "auto":
+        return format
+    config = path / "config.json"
+    if config.is_file():
+        import json
+
+        q = json.loads(config.read_text()).get("quantization_config") or {}
+        if q.get("quant_method") == "compresskit":
+            return "gptq"
+    return "native"

@@ -330,7 +330,7 @@ class Runner:
         self.emit(RecipeEvent("phase", s, label=f"pushing {self.plan.recipe.output} to {config.repo}"))
         self._result.push = push(self.plan.recipe.output, config.repo, private=config.private,
                                  revision=config.revision, token=self.token, overwrite=config.overwrite,
-                                 endpoint=config.endpoint)
+                                 endpoint=config.endpoint, format=config.format)
         if not self.in_memory:
             write_json_atomic(s.path, self._result.push.to_dict())
         self.emit(RecipeEvent("advance", s, n=1))

@@ -133,16 +133,22 @@ class SavePass(JsonConfig):
         return cls(**d)
 
 
+PUSH_FORMATS = ("auto", "native", "gptq", "gptq-v1", "compressed-tensors")  # compresskit.api_publish.push
+
+
 @dataclass(frozen=True)
 class PushPass(JsonConfig):
     """Push the saved output to the hub model repo ``repo`` (NAME or NAMESPACE/NAME) in one commit; the
-    token comes from ``compresskit run --token``, ``HF_TOKEN`` or ``hf auth login`` (never the recipe)."""
+    token comes from ``compresskit run --token``, ``HF_TOKEN`` or ``hf auth login`` (never the recipe).
+    ``format``: ``auto`` pushes a quantized output as GPTQ (loads without compresskit), ``native``
+    compresskit's own format, or ``gptq`` / ``gptq-v1`` / ``compressed-tensors``."""
 
     repo: str = ""
     private: bool = False
     revision: str | None = None
     overwrite: bool = False
     endpoint: str | None = None
+    format: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.repo, str) or not self.repo.strip():
@@ -152,6 +158,8 @@ class PushPass(JsonConfig):
         for name in ("private", "overwrite"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be true or false")
+        if self.format not in PUSH_FORMATS:
+            raise ConfigError(f"format={self.format!r} is not one of {', '.join(PUSH_FORMATS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -65,7 +65,13 @@ def test_quantize_prune_export_distill_push_to_hub(hub, tmp_path, tiny_dir):
                                       str(out), "--push-to-hub", "tester/w4", "--private", "--token", TOKEN])
     assert result.exit_code == 0, result.output
     assert hub.repos["tester/w4"].private
-    assert hub.files("tester/w4")["config.json"] == (out / "config.json").read_bytes()
+    pushed = json.loads(hub.files("tester/w4")["config.json"])  # a quantized model goes as GPTQ by default
+    assert pushed["quantization_config"]["quant_method"] == "gptq" and "compresskit_export" in pushed
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["quant_method"] == "compresskit"
+    native = CliRunner().invoke(app, ["push", str(out), "--repo", "tester/w4-native", "--format", "native",
+                                      "--token", TOKEN])
+    assert native.exit_code == 0, native.output
+    assert hub.files("tester/w4-native")["config.json"] == (out / "config.json").read_bytes()
     pruned = tmp_path / "p"
     result = CliRunner().invoke(app, ["prune", str(tiny_dir), "--layers", "1", "--no-protect-retrieval", "--no-eval",
                                       "--nsamples", "2", "--seqlen", "64", "--output", str(pruned),

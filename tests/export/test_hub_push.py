@@ -25,7 +25,9 @@ def hub():
 
 
 def _push(hub, path, repo="tester/tiny-w4", **kw):
+    """Push as saved: these tests are about the commit, not the format (test_a_quantized_model_goes_as_gptq)."""
     kw.setdefault("token", TOKEN)
+    kw.setdefault("format", "native")
     return compresskit.push(path, repo, endpoint=hub.endpoint, backoff=0.01, **kw)
 
 
@@ -106,3 +108,23 @@ def test_private_on_an_existing_public_repo_refuses_and_publishes_nothing(hub, a
     assert not any(p.endswith("/commit/main") for _, p in hub.requests)
     _push(hub, artifact, repo="tester/public", overwrite=True)  # public, asked for public: pushed
     assert "model.safetensors" in hub.files("tester/public")
+
+
+def test_a_quantized_model_goes_as_gptq_unless_asked_otherwise(hub, artifact, tmp_path, tiny_tokenizer):
+    import json
+
+    result = _push(hub, artifact, repo="tester/auto", format="auto")
+    config = json.loads(hub.files("tester/auto")["config.json"])
+    assert config["quantization_config"]["quant_method"] == "gptq" and result.uploaded
+    assert config["quantization_config"]["checkpoint_format"] == "gptq_v2"
+    card = hub.files("tester/auto")["README.md"].decode()
+    assert 'from_pretrained("tester/auto")' in card and "pip install optimum gptqmodel" in card
+    assert not any(name.startswith(".push-") for name in hub.files("tester/auto"))
+    from conftest import make_tiny_model
+
+    model = make_tiny_model("llama")
+    compresskit.quantize(model, wbits=4, group_size=32, abits=8)  # weight-activation: GPTQ cannot hold it
+    wa = compresskit.save(model, tiny_tokenizer, tmp_path / "w4a8")
+    with pytest.raises(compresskit.CompresskitError, match="cannot be pushed as GPTQ.*--push-format native"):
+        _push(hub, wa, repo="tester/wa", format="auto")
+    assert "tester/wa" not in hub.repos
