@@ -8,13 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from collections.abc import Iterable
+
 import torch
 
 from .config import ConfigError, dividing_group_sizes
 from .packing import block_shape, pack_int, packed_len, unpack_int
 from .quant_math import dequantize, group_index, num_groups
 
-FORMAT_VERSION = 1
+# 2: a quantized linear's packed words are stored as ``NAME.weight`` (they are ``NAME.qweight`` in memory and
+# in version 1). transformers without compresskit then refuses the checkpoint (the int32 words do not have
+# the float weight's shape: "size mismatch") instead of building a model with random linears; compresskit's
+# loader renames them back. Version 1 checkpoints still load.
+FORMAT_VERSION = 2
+STORED_WEIGHT = "weight"  # the stored name of a quantized linear's packed words (format 2)
+
+
+def stored_packed_names(linears: "Iterable[str]") -> dict[str, str]:
+    """In-memory name -> stored name of the packed words of each quantized linear (format 2)."""
+    return {f"{n}.qweight": f"{n}.{STORED_WEIGHT}" for n in linears}
 
 
 def check_layer_shape(

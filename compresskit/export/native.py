@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..core.fsutil import atomic_output_dir, sha256_file
+from ..core.formats import FORMAT_VERSION, stored_packed_names
 from ..core.manifest import QuantManifest
 
 SCALE_SUFFIXES = (".scales", ".weight_scale")  # fp16 by construction: stored as fp16, exactly
@@ -126,8 +127,12 @@ def save_native(
     config.json and every side file before they are written (the API drops local paths); ``finalize(tmp)``
     runs last, inside the temporary directory (the model card is written there)."""
     with atomic_output_dir(path, overwrite=overwrite) as tmp:
-        files = write_safetensors(storage_state_dict(model), tmp, max_shard_bytes,
-                                  lambda name, t: stored(name, t, storage_dtype))
+        state = storage_state_dict(model)
+        if manifest is not None:  # format 2: packed words under NAME.weight (see core.formats.FORMAT_VERSION)
+            renames = stored_packed_names(manifest.linears)
+            state = {renames.get(k, k): v for k, v in state.items()}
+            manifest.format_version = FORMAT_VERSION
+        files = write_safetensors(state, tmp, max_shard_bytes, lambda name, t: stored(name, t, storage_dtype))
         config = model.config.to_dict() | (config_updates or {})
         config.pop("quantization_config", None)
         config.pop(FILES_KEY, None)

@@ -17,6 +17,7 @@ import torch
 
 from ..core.arch import get_arch
 from ..core.errors import CompresskitError
+from ..core.formats import stored_packed_names
 from ..core.fsutil import atomic_output_dir
 from ..core.manifest import QUANT_METHOD, LinearEntry, QuantManifest
 from ..core.version import __version__
@@ -76,6 +77,10 @@ class NativeSource:
             self._tensors = {}
             for f in files:
                 self._tensors.update(load_file(str(f)))
+            if self.manifest is not None:  # format 2 stores the packed words as NAME.weight
+                for memory, stored in stored_packed_names(self.manifest.linears).items():
+                    if stored in self._tensors and memory not in self._tensors:
+                        self._tensors[memory] = self._tensors.pop(stored)
         return self._tensors
 
     def side_files(self) -> list[Path]:

@@ -8,6 +8,7 @@ transformers has no entry-point discovery: without the import, the method is unk
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import torch
@@ -61,6 +62,17 @@ class CompresskitHfQuantizer(HfQuantizer):
         if self._manifest.attention_abits < 16:
             enable_qkv_quantization(model, get_arch(model), self._manifest.attention_abits)
         return model
+
+    def get_weight_conversions(self):
+        """Format 2 stores each quantized linear's packed words as ``NAME.weight`` (so that transformers
+        without compresskit refuses the checkpoint): load them into ``NAME.qweight``."""
+        from transformers.core_model_loading import WeightRenaming
+
+        names = sorted(self.quantization_config.manifest().linears)
+        if not names:
+            return []
+        group = "(" + "|".join(re.escape(n) for n in names) + ")"
+        return [WeightRenaming(group + r"\.weight", r"\1.qweight")]
 
     def is_serializable(self) -> bool:
         return True

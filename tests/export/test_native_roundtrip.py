@@ -178,13 +178,15 @@ def test_manifest_in_config(tmp_path, tiny_tokenizer):
     f = out / "model.safetensors"
     assert q["files"]["model.safetensors"] == {"bytes": f.stat().st_size, "sha256": _sha256(f)}
     assert config["dtype"] == "float32"
-    # the stored layout: packed ints, fp16 scales, int8 table
+    # the stored layout (format 2): packed ints under NAME.weight, fp16 scales, int8 table
+    assert q["format_version"] == 2
     with safe_open(str(f), framework="pt") as sf:
-        assert sf.get_tensor("model.layers.0.self_attn.q_proj.qweight").dtype == torch.int32
+        packed = sf.get_tensor("model.layers.0.self_attn.q_proj.weight")
+        assert packed.dtype == torch.int32 and tuple(packed.shape) == (64 * 3 // 32, 64)  # not the float [64, 64]
         assert sf.get_tensor("model.layers.0.self_attn.q_proj.scales").dtype == torch.float16
         assert sf.get_tensor("model.embed_tokens.weight").dtype == torch.int8
         assert sf.get_tensor("model.embed_tokens.weight_scale").dtype == torch.float16
-        assert "model.layers.0.self_attn.q_proj.weight" not in sf.keys()
+        assert "model.layers.0.self_attn.q_proj.qweight" not in sf.keys()
     # api.info reads the same manifest
     info = compresskit.info(out)
     assert info["quantization"]["quantized_linears"] == 14
@@ -328,3 +330,22 @@ def test_saving_converts_one_tensor_at_a_time(tmp_path, tiny_tokenizer, monkeypa
     for (name, a), b in zip(model.state_dict().items(), reloaded.state_dict().values()):
         assert torch.equal(a, b), name  # bit for bit
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_without_compresskit_transformers_refuses_a_native_checkpoint(tmp_path, tiny_tokenizer):
+    """transformers alone (no `import compresskit`: the quantization method is unknown to it) must not build
+    a model with random linears from a native checkpoint: the packed words sit where it expects float weights,
+    the shapes differ, and loading fails loudly."""
+    import subprocess
+    import sys
+
+    model, _ = _quantized("llama", True, wbits=4)
+    out = compresskit.save(model, tiny_tokenizer, tmp_path / "q")
+    code = ("import sys; from transformers import AutoModelForCausalLM; "
+            "AutoModelForCausalLM.from_pretrained(sys.argv[1]); print('LOADED')")
+    run = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True)
+    assert run.returncode != 0 and "LOADED" not in run.stdout
+    assert "ignore_mismatched_sizes" in run.stderr  # transformers' "size mismatch" error
+    # with compresskit the same directory loads, exactly (test_roundtrip_exact_logits)
+    reloaded, _ = compresskit.load_model(out)
+    assert compresskit.record(reloaded).manifest.format_version == 2
