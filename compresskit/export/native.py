@@ -22,10 +22,17 @@ SCALE_SUFFIXES = (".scales", ".weight_scale")  # fp16 by construction: stored as
 DEFAULT_SHARD_BYTES = 4 * 1024**3
 
 
-def _narrow(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype`` when that loses nothing, else unchanged (e.g. norms with folded LET scales)."""
+def _narrow(t: torch.Tensor, dtype: torch.dtype, chunk: int = 1 << 22) -> torch.Tensor:
+    """``t`` in ``dtype`` when that loses nothing, else unchanged (e.g. norms with folded LET scales). The
+    round trip is checked a chunk at a time, so no second full-size copy is made."""
+    if t.dtype == dtype:
+        return t
     narrow = t.to(dtype)
-    return narrow if torch.equal(narrow.to(t.dtype), t) else t
+    flat_t, flat_n = t.reshape(-1), narrow.reshape(-1)
+    for i in range(0, flat_t.numel(), chunk):
+        if not torch.equal(flat_n[i:i + chunk].to(t.dtype), flat_t[i:i + chunk]):
+            return t
+    return narrow
 
 
 def storage_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

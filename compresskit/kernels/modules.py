@@ -12,6 +12,7 @@ from typing import Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..core.formats import GPTQPacked, Int8Rows
 from ..core.quant_math import quantize_activations
@@ -136,8 +137,14 @@ class Int8Linear(_Int8Rows):
     # native_exact); set_kernel_backend("reference"/"dense") turns it off, "cpu_exact" makes it exact
     use_native = True
     native_exact = False
+    _dense: torch.Tensor | None = None  # the int8 table as floats, kept by `dequantized_cache`
+    keep_dense = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.keep_dense:  # the reference path with the table converted once, not on every call
+            if self._dense is None or self._dense.dtype != x.dtype or self._dense.device != x.device:
+                self._dense = self.weight.data.to(x.dtype)
+            return F.linear(x, self._dense) * self.weight_scale.to(x.dtype)
         rows = x.reshape(-1, x.shape[-1])
         if self.use_native and x.device.type == "cpu" and rows.shape[0] <= 8 and _native_ok():
             y = cpu_native.int8_rows(rows.float().contiguous(), self.weight.data, self.weight_scale.data,
@@ -182,11 +189,11 @@ def dequantized_cache(model: nn.Module) -> Iterator[None]:
     try:
         for m in layers:
             m.backend = "dense"
-        for m in heads:  # the reference int8 head too, so scores match the reference path exactly
-            m.use_native = False
+        for m in heads:  # the reference int8 head too (its float table kept), so scores match it exactly
+            m.use_native, m.keep_dense = False, True
         yield
     finally:
         for m, b in zip(layers, saved):
             m.backend, m._kernel = b, None
         for m, u in zip(heads, saved_heads):
-            m.use_native = u
+            m.use_native, m.keep_dense, m._dense = u, False, None

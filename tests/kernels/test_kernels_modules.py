@@ -193,6 +193,7 @@ def test_dequantized_cache_gives_identical_logits_and_is_released():
     quantize_rtn(model, QuantConfig(wbits=3, group_size=32))
     set_kernel_backend(model, "reference")
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    heads = [m for m in model.modules() if isinstance(m, Int8Linear)]  # the int8 lm_head keeps its float table
     ids = torch.randint(0, 320, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         reference_logits = model(ids).logits
@@ -200,5 +201,7 @@ def test_dequantized_cache_gives_identical_logits_and_is_released():
             cached_logits = model(ids).logits
             assert all(m._kernel[1].name == "dense" and m._kernel[2].shape == (m.out_features, m.in_features)
                        for m in layers)
+            assert heads and all(h._dense is not None and h._dense.dtype == torch.float32 for h in heads)
     assert torch.equal(cached_logits, reference_logits)
     assert all(m.backend == "reference" and m._kernel is None for m in layers)  # dense copies released
+    assert all(h._dense is None and not h.keep_dense for h in heads)
