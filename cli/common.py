@@ -14,9 +14,8 @@ from .render import console, err_console
 
 DEBUG_HINT = "set COMPRESSKIT_DEBUG=1 for the full traceback"
 
-# Exit codes, the same on every command (docs/cli.md). An uncaught exception is a bug: Python prints its
-# traceback and exits with 1.
-EXIT_CRASH = 1
+# Exit codes, the same on every command (docs/cli.md). 1 is left to an uncaught exception, a bug: Python
+# prints its traceback and exits with 1.
 EXIT_USER_ERROR = 2  # bad input (an option, a path, a model): one line on stderr, nothing written (Click's too)
 EXIT_GATE_FAILED = 3  # the evaluation gate failed: nothing saved (`eval`: the report is still written)
 
@@ -78,11 +77,10 @@ def dtype_option() -> Any:
                         "without bf16, float32 on the CPU), bfloat16, float16, float32")
 
 
-def check_device(device: str, dtype: str) -> tuple[str, str]:
+def check_device(device: str, dtype: str) -> None:
     """Fail before any work on a device or dtype this machine cannot use."""
     resolved = run_user(lambda: api.resolve_device(device))
     run_user(lambda: api.resolve_dtype(dtype, resolved))
-    return device, dtype
 
 
 def revision_option() -> Any:

@@ -9,6 +9,7 @@ e.g. after an evaluation report was added to ``evaluation/``).
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -215,8 +216,6 @@ def _push_format(path: Path, format: str) -> str:
         return format
     config = path / "config.json"
     if config.is_file():
-        import json
-
         q = json.loads(config.read_text()).get("quantization_config") or {}
         if q.get("quant_method") == "compresskit":
             return "gptq"

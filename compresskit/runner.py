@@ -118,8 +118,8 @@ class RecipeResult:
 def recipe_yaml(plan: RecipePlan) -> str:
     """The resolved recipe as it is saved beside the weights (``recipe.yaml``)."""
     recipe = plan.recipe
-    field = lambda key: key.rpartition(".")[2]  # noqa: E731 (quantize.calib -> calib)
-    shown = {k: public_fields({field(k): v})[field(k)] for k, v in plan.overrides.items() if field(k) != "work_dir"}
+    leaf = lambda key: key.rpartition(".")[2]  # noqa: E731 (quantize.calib -> calib)
+    shown = {k: public_fields({leaf(k): v})[leaf(k)] for k, v in plan.overrides.items() if leaf(k) != "work_dir"}
     sets = " ".join(f"--set {k}={v if isinstance(v, str) else json.dumps(v, separators=(',', ':'))}"
                     for k, v in shown.items())
     again = "compresskit run recipe.yaml"
