@@ -7,6 +7,8 @@ into a normal Hugging Face checkpoint (bf16 safetensors + tokenizer) in the cach
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,21 @@ def gguf_path(spec: EmbeddedModel) -> Path:
     return path
 
 
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """transformers' own bars ("Loading weights", "Writing model shards") off while the body runs: they
+    would interleave with the caller's progress display (the CLI's)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
     """Convert a GGUF file into an HF checkpoint directory (atomically)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -90,7 +107,8 @@ def embedded_path(name: str) -> Path:
     if (out / "config.json").is_file():
         return out
     try:
-        convert_gguf(gguf_path(spec), out)
+        with no_progress_bars():
+            convert_gguf(gguf_path(spec), out)
     except FileExistsError:  # another process converted it meanwhile
         if not (out / "config.json").is_file():
             raise

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from ..core.record import ModelRecord, Source, set_record
 from ..core.arch import get_arch
 from ..core.errors import CompresskitError
 from ..core.fsutil import sha256_file
-from .embedded import DEFAULT_MODEL, EMBEDDED, embedded_path
+from .embedded import DEFAULT_MODEL, EMBEDDED, embedded_path, no_progress_bars
 
 
 # what a hub model needs: config, tokenizer files, chat template, safetensors weights and its card (for the licence)
@@ -150,7 +148,7 @@ def load_pretrained(
     verify_checkpoint(path, files, checksums=verify)
     _require_safetensors(Path(path), str(name_or_path))
     source_dtype = _config_dtype(path)
-    with _no_loading_bar():  # the files are local now: the caller's own progress display stays alone
+    with no_progress_bars():  # the files are local now: the caller's own progress display stays alone
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa",
                                                      device_map=device, use_safetensors=True)
     model.eval()
@@ -159,20 +157,6 @@ def load_pretrained(
     set_record(model, ModelRecord.from_saved(config.to_dict(), path if Path(path).is_dir() else None,
                                              Source(str(name_or_path), path, source_dtype)))
     return model, tokenizer
-
-
-@contextmanager
-def _no_loading_bar() -> Iterator[None]:
-    """transformers' "Loading weights" bar off while the body runs (it would interleave with the CLI's)."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
 
 
 def _config_dtype(path: str) -> str | None:
