@@ -52,6 +52,20 @@ def gap_share(rtn: float, method: float, fp: float) -> float:
     return (math.log(rtn) - math.log(method)) / (math.log(rtn) - math.log(fp))
 
 
+def handled(args: argparse.Namespace, run_one: Callable[[argparse.Namespace], dict],
+            merge: Callable[[argparse.Namespace], None]) -> bool:
+    """The start the quality benches share after parsing: ``--lengths`` as ints, then ``--one`` (run one row
+    in this process, its JSON to ``--json``) or ``--merge``. True when one of those was the whole call."""
+    args.lengths = [int(x) for x in str(args.lengths).split(",")]
+    if args.one:
+        Path(args.json).write_text(json.dumps(run_one(args)))
+        return True
+    if args.merge:
+        merge(args)
+        return True
+    return False
+
+
 def add_eval_options(ap: argparse.ArgumentParser, out: Path) -> None:
     """The evaluation and run options the quality benches share (one spelling, one default each)."""
     ap.add_argument("--lengths", default="2048,4096")

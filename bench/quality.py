@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, docs_text, gap_share, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, handled, docs_text, gap_share, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {  # name -> QuantConfig fields
     "w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64),
@@ -127,12 +127,7 @@ def main() -> None:
                     "besides ppl and passkey, e.g. niah_single_1,niah_multikey_1 (samples = --passkey-trials)")
     add_eval_options(ap, Path(__file__).parent / "results" / "quality")
     args = ap.parse_args()
-    args.lengths = [int(x) for x in str(args.lengths).split(",")]
-    if args.one:
-        Path(args.json).write_text(json.dumps(run_one(args)))
-        return
-    if args.merge:
-        _merge(args)
+    if handled(args, run_one, _merge):
         return
     import torch
 

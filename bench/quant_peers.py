@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, docs_text, gap_share, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, handled, docs_text, gap_share, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {"w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64)}
 OURS = ("fp", "rtn", "gptq", "gptq_act")
@@ -303,12 +303,7 @@ def main() -> None:
                     "--merge puts it into the same rows of the other files")
     ap.add_argument("--docs-sha256", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    args.lengths = [int(x) for x in str(args.lengths).split(",")]
-    if args.one:
-        Path(args.json).write_text(json.dumps(run_one(args)))
-        return
-    if args.merge:
-        _merge(args)
+    if handled(args, run_one, _merge):
         return
     methods = args.methods.split(",")
     unknown = set(methods) - set(ORDER)

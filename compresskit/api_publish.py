@@ -25,7 +25,7 @@ from .export.gptq import export_gptq
 from .export.hub import push_folder
 from .export.source import ExportError, NativeSource
 from .models import resolve_model
-from .models.loading import split_revision
+from .models.loading import is_hub_id, split_revision
 from .models.embedded import EMBEDDED
 
 EXPORT_FORMATS = ("gptq", "gptq-v1", "compressed-tensors")
@@ -55,8 +55,8 @@ def public_name(name: str | os.PathLike | None) -> str | None:
     path = Path(name).expanduser()
     if name in EMBEDDED or ("/" not in name and not name.startswith("~")):
         return name
-    if name.count("/") == 1 and not name.startswith((".", "/", "~")) and not path.exists():
-        return name  # a hub id
+    if is_hub_id(name):
+        return name
     return path.name or name
 
 
@@ -93,7 +93,7 @@ def card_parent(name: str | None, path: str | os.PathLike | None = None):
     license_ = None
     if path is not None and path.is_dir():  # a hub id, downloaded: its card is there
         license_ = parent_from_card(path).license
-    elif name and name.count("/") == 1:
+    elif name and is_hub_id(name):
         try:
             from huggingface_hub import try_to_load_from_cache
 
@@ -108,7 +108,7 @@ def card_parent(name: str | None, path: str | os.PathLike | None = None):
 
 def _is_hub_id(name: str | None, path: Path) -> bool:
     """``name`` is a hub id whose files sit in the local hub cache at ``path`` (not a directory of the user's)."""
-    return bool(name) and name.count("/") == 1 and not Path(name).expanduser().is_dir() and path != Path(name)
+    return bool(name) and is_hub_id(name) and path != Path(name)
 
 
 def model_parent(model: Any):

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from .api_eval import compare, eval_units, evaluate, write_eval_report
 from .api_models import heldout_text, load_model, save
 from .api_passes import PassContext
@@ -33,6 +31,7 @@ from .core.version import __version__
 from .eval import EvalReport
 from .eval.settings import EvalSettings
 from .models import resolve_model
+from .recipe.schema import dump_yaml
 
 
 @dataclass(frozen=True)
@@ -127,7 +126,7 @@ def recipe_yaml(plan: RecipePlan) -> str:
         again += " --set model=DIR (a local model is named by its directory's last part)"
     head = (f"# compresskit {__version__} ran this recipe ({public_name(recipe.source)}{' ' + sets if sets else ''}), "
             f"every setting resolved.\n# Run it again: {again}\n")
-    return head + yaml.safe_dump(public_fields(recipe.to_dict()), sort_keys=False, default_flow_style=None, width=100)
+    return head + dump_yaml(public_fields(recipe.to_dict()))
 
 
 @dataclass

@@ -43,13 +43,18 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
         return str(path)
     if path.exists():
         raise ModelNotFoundError(f"{path} is a file; pass the checkpoint directory that holds config.json")
-    looks_local = name.startswith((".", "/", "~")) or split_revision(name)[0].count("/") != 1
-    if looks_local:
+    if not is_hub_id(name):
         raise ModelNotFoundError(
             f"no model at {name!r}: not a local directory, not an embedded model "
             f"({', '.join(EMBEDDED)}), and not a hub id of the form org/name"
         )
     return download(name)
+
+
+def is_hub_id(name: str) -> bool:
+    """``org/name`` or ``org/name@rev`` that is not a local path (the one test every caller uses)."""
+    return (not name.startswith((".", "/", "~")) and split_revision(name)[0].count("/") == 1
+            and not Path(name).expanduser().exists())
 
 
 def split_revision(name: str) -> tuple[str, str | None]:

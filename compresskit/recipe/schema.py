@@ -48,7 +48,12 @@ class Recipe:
 
     def to_yaml(self) -> str:
         """The resolved recipe (every setting spelled out): ``compresskit run`` reads it back as it is."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+        return dump_yaml(self.to_dict())
+
+
+def dump_yaml(d: dict[str, Any]) -> str:
+    """A recipe dict as compresskit writes it (keys in order, short lists inline)."""
+    return yaml.safe_dump(d, sort_keys=False, default_flow_style=None, width=100)
 
 
 # --- the recipe ---------------------------------------------------------------------------------------

@@ -1,19 +1,18 @@
 """A fake causal LM for the generation tasks: ``generate`` answers each row of a (left-padded) batch from
-the prompt text a real model would see, and records how it was called. Subclasses define ``answer``."""
+the prompt text a real model would see (``answer(prompt) -> text``), and records how it was called."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
 
 class FakeLM(torch.nn.Module):
-    def __init__(self, tokenizer, skip_special: bool = False):
+    def __init__(self, tokenizer, answer: Callable[[str], str], skip_special: bool = False):
         super().__init__()
-        self.tok, self.skip_special = tokenizer, skip_special
+        self.tok, self.answer, self.skip_special = tokenizer, answer, skip_special
         self.proj = torch.nn.Linear(1, 1)  # gives the module a device
         self.calls: list[dict] = []  # one per prompt
-
-    def answer(self, prompt: str) -> str:
-        raise NotImplementedError
 
     def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id):
         answers = []

@@ -284,10 +284,10 @@ class ReadingModel(FakeLM):
     and answers ``answer.format(y=Y)`` ("unknown" if the fact is not in the prompt)."""
 
     def __init__(self, tokenizer, answer: str = " {y}"):
-        super().__init__(tokenizer)
+        super().__init__(tokenizer, self.read)
         self.template = answer
 
-    def answer(self, prompt: str) -> str:
+    def read(self, prompt: str) -> str:
         country = re.search(r"What is the capital of (\w+)\?\nAnswer:$", prompt).group(1)
         fact = re.search(rf"The capital of {country} is (\w+)\.", prompt)
         return self.template.format(y=fact.group(1)) if fact else " unknown"

@@ -17,10 +17,10 @@ class ReadingModel(FakeLM):
     """Fake LM that reads the key out of the prompt and answers ``answer.format(key=...)``."""
 
     def __init__(self, tokenizer, answer: str = " {key}. Remember"):
-        super().__init__(tokenizer)
+        super().__init__(tokenizer, self.read)
         self.template = answer
 
-    def answer(self, prompt: str) -> str:
+    def read(self, prompt: str) -> str:
         key = int(re.search(r"The pass key is (\d+)\.", prompt).group(1))
         return self.template.format(key=key, other=key + 1)
 

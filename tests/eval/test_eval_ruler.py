@@ -312,10 +312,10 @@ class SolvingModel(FakeLM):
     """
 
     def __init__(self, tokenizer, task: str, keep: int | None = None, wrong: bool = False):
-        super().__init__(tokenizer, skip_special=True)
+        super().__init__(tokenizer, self.reply, skip_special=True)
         self.task, self.keep, self.wrong = task, keep, wrong
 
-    def answer(self, prompt: str) -> str:
+    def reply(self, prompt: str) -> str:
         answers = solve(resolve_task(self.task), prompt)
         return "zzz" if self.wrong else " " + ", ".join(answers[: self.keep]) + "."
 
