@@ -6,8 +6,9 @@ A source spec is a short string that says where calibration text comes from:
 * ``"file:PATH[#FIELD]"`` or a plain existing ``PATH`` -- a local ``.txt`` / ``.jsonl`` / ``.json`` file, or a
   directory of them; JSON records use the ``"text"`` field unless ``#FIELD`` names another one
 * ``"generated"``                    -- text sampled from the model itself (data-free calibration)
-* ``"hf:NAME[:CONFIG][:SPLIT]"``     -- ``datasets.load_dataset(NAME, CONFIG, split=SPLIT or "train")``,
-  ``"text"`` column (``#FIELD`` picks another column)
+* ``"hf:NAME[:CONFIG][:SPLIT][?data_files=GLOB[,GLOB...]]"`` -- ``datasets.load_dataset(NAME, CONFIG,
+  split=SPLIT or "train", data_files=...)``, streamed, ``"text"`` column (``#FIELD`` picks another column);
+  ``NAME`` may be a packaged builder (``json``, ``text``, ``parquet``, ``csv``) with local ``data_files``
 
 This module only parses and validates; `compresskit.calib.texts` does the reading.
 """
@@ -30,7 +31,7 @@ ACCEPTED_FORMS = (
     "'file:PATH' or an existing PATH (a .txt/.jsonl/.json/.parquet/.csv file or a directory of them; "
     "'file:PATH#FIELD' picks a field or column other than 'text'); "
     "'generated' (text sampled from the model itself); "
-    "'hf:NAME[:CONFIG][:SPLIT]' (a Hugging Face dataset, 'text' column)"
+    "'hf:NAME[:CONFIG][:SPLIT][?data_files=GLOB,...]' (a Hugging Face dataset, 'text' column)"
 )
 
 
@@ -95,6 +96,13 @@ class CalibSource:
             raise AttributeError(f"a {self.kind!r} calibration source is not a Hugging Face dataset")
         return _parse_hf(self.value or "")
 
+    @property
+    def data_files(self) -> list[str] | None:
+        """For an ``hf`` source: the ``?data_files=`` globs (comma-separated), or None."""
+        if self.kind != "hf":
+            raise AttributeError(f"a {self.kind!r} calibration source has no data files")
+        return _hf_data_files(self.value or "")
+
 
 def _file_parts(value: str) -> tuple[str, str | None]:
     """``(path, field)`` of a file spec; a path that itself contains ``#`` and exists wins over a field."""
@@ -103,9 +111,32 @@ def _file_parts(value: str) -> tuple[str, str | None]:
     return split_field(value)
 
 
-def _parse_hf(value: str) -> tuple[str, str | None, str]:
-    """Parse ``NAME[:CONFIG][:SPLIT][#FIELD]``; the split may hold ``:`` (``train[:1000]``) once CONFIG is given."""
+DATA_FILES = "data_files="
+
+
+def _hf_query(value: str) -> tuple[str, str | None]:
+    """``(NAME[:CONFIG][:SPLIT], query or None)`` of an hf spec body (``#FIELD`` dropped)."""
     body, _ = split_field(value)
+    body, sep, query = body.partition("?")
+    return body, (query if sep else None)
+
+
+def _hf_data_files(value: str) -> list[str] | None:
+    """The globs of ``?data_files=A,B``; an unknown query or an empty list is an `InputError`."""
+    _, query = _hf_query(value)
+    if query is None:
+        return None
+    if not query.startswith(DATA_FILES) or not query[len(DATA_FILES):].strip(" ,"):
+        raise InputError(f"'hf:{value}': after '?' only 'data_files=GLOB[,GLOB...]' is understood, e.g. "
+                         "'hf:allenai/c4?data_files=en/c4-train.00000-of-01024.json.gz' or 'hf:json?data_files=shards/*.jsonl'")
+    return [f.strip() for f in query[len(DATA_FILES):].split(",") if f.strip()]
+
+
+def _parse_hf(value: str) -> tuple[str, str | None, str]:
+    """Parse ``NAME[:CONFIG][:SPLIT][?data_files=...][#FIELD]``; the split may hold ``:`` (``train[:1000]``) once
+    CONFIG is given."""
+    body, _ = _hf_query(value)
+    _hf_data_files(value)  # checks the query
     parts = body.split(":", 2)
     name = parts[0].strip()
     if not name:

@@ -150,16 +150,19 @@ def hf_texts(src: CalibSource, want_tokens: int | None = None, tokenizer: Any = 
     ``tokenizer``) reading stops once the rows hold that many tokens, so ``hf:allenai/c4:en`` reads a few MB,
     not the corpus. `DatasetLoadError` if it cannot be opened."""
     name, config, split = src.hf_args()
+    data_files = src.data_files
     try:
         import datasets
 
-        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+        extra = {} if data_files is None else {"data_files": data_files}
+        ds = datasets.load_dataset(name, config, split=split, streaming=True, **extra)
         return dataset_texts(ds, want_tokens, tokenizer, what=f"dataset {name!r}", field=src.field)
     except InputError:
         raise
     except Exception as e:  # network, offline mode, unknown name/config/split: all surface the same way
         raise DatasetLoadError(
-            f"could not load Hugging Face dataset {name!r} (config={config!r}, split={split!r}): "
+            f"could not load Hugging Face dataset {name!r} (config={config!r}, split={split!r}"
+            f"{'' if data_files is None else f', data_files={data_files!r}'}): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. If the Hub is unreachable, save the "
             "text locally and use a file source instead, e.g. 'file:corpus.txt', 'file:data.jsonl' or 'file:DIR' "
             "(or 'builtin')."

@@ -130,6 +130,10 @@ def kv_option() -> Any:
                         "generating under it, against the parent's full cache, and compresskit.load_model applies it")
 
 
+DATA_HELP = ("builtin | file:PATH[#field] (.txt/.jsonl/.json/.parquet/.csv or a directory) | generated | "
+             "hf:NAME[:CONFIG][:SPLIT][?data_files=GLOB,...][#column] (streamed)")
+
+
 PUSH_TO_HUB_HELP = "after saving, push the result to this hub model repo (NAME or NAMESPACE/NAME) in one commit"
 PRIVATE_HELP = "with --push-to-hub / push: create the repo private"
 TOKEN_HELP = "hub token with write access (default: HF_TOKEN or the stored `hf auth login`)"

@@ -52,6 +52,11 @@ def public_name(name: str | os.PathLike | None) -> str | None:
     name = str(name)
     if name.startswith("file:"):
         return "file:" + str(public_name(name[len("file:"):]))
+    if name.startswith("hf:") and "?data_files=" in name:  # local data files by their last part; hub globs stay
+        head, _, files = name.partition("?data_files=")
+        files, sep, field = files.partition("#")
+        kept = ",".join(Path(f).name if f.startswith(("/", "~")) else f for f in files.split(","))
+        return f"{head}?data_files={kept}{sep}{field}"
     path = Path(name).expanduser()
     if name in EMBEDDED or ("/" not in name and not name.startswith("~")):
         return name
@@ -69,7 +74,7 @@ def public_fields(d: Any, key: str = "") -> Any:
         return [public_fields(v, key) for v in d]
     if isinstance(d, str) and key == "output":
         return Path(d).name
-    if isinstance(d, str) and (key in ("model", "teacher") or d.startswith("file:")):
+    if isinstance(d, str) and (key in ("model", "teacher") or d.startswith(("file:", "hf:"))):
         return public_name(d)
     return d
 

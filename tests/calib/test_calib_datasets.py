@@ -72,3 +72,36 @@ def test_parquet_and_csv_files_are_read_through_datasets(tiny_tokenizer, tmp_pat
     ref = build_samples(tiny_tokenizer, f"file:{tmp_path / 'c.jsonl'}#body", 3, 32, seed=1)  # the same records
     for name in ("c.parquet", "c.csv"):
         assert torch.equal(build_samples(tiny_tokenizer, f"file:{tmp_path / name}#body", 3, 32, seed=1), ref), name
+
+
+def test_hf_data_files_select_shards_and_local_files_go_through_datasets(tiny_tokenizer, tmp_path, monkeypatch):
+    """``?data_files=`` reaches `datasets.load_dataset` (a hub shard, or local files under a packaged builder)."""
+    from compresskit.calib.source import parse_source
+    from compresskit.api_publish import public_name
+
+    src = parse_source("hf:allenai/c4:en?data_files=en/c4-train.00000-of-01024.json.gz,en/c4-train.00001-of-01024.json.gz#body")
+    assert src.hf_args() == ("allenai/c4", "en", "train") and src.field == "body"
+    assert src.data_files == ["en/c4-train.00000-of-01024.json.gz", "en/c4-train.00001-of-01024.json.gz"]
+    assert parse_source("hf:allenai/c4").data_files is None
+    for bad in ("hf:org/x?split=train", "hf:org/x?data_files=", "hf:org/x?data_files=,"):
+        with pytest.raises(InputError, match="data_files=GLOB"):
+            parse_source(bad)
+    # a real local read: the json builder, streamed, with the globbed shards in order
+    for i in range(2):
+        (tmp_path / f"s{i}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in DOCS[i * 30:(i + 1) * 30]))
+    ref = build_samples(tiny_tokenizer, list(DOCS), 3, 32, seed=2)
+    got = build_samples(tiny_tokenizer, f"hf:json?data_files={tmp_path}/s0.jsonl,{tmp_path}/s1.jsonl", 3, 32, seed=2)
+    assert torch.equal(got, ref)
+    # saved files name local data files by their last part; hub-relative globs stay
+    assert public_name(f"hf:json?data_files={tmp_path}/s0.jsonl,en/x.json.gz#text") == "hf:json?data_files=s0.jsonl,en/x.json.gz#text"
+    seen = {}
+
+    def fake_load(name, config=None, split=None, streaming=False, **kw):
+        seen.update(kw)
+        raise FileNotFoundError("no such shard")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    from compresskit.calib.texts import DatasetLoadError
+    with pytest.raises(DatasetLoadError, match=r"data_files=\['en/missing.json'\]"):
+        build_samples(tiny_tokenizer, "hf:allenai/c4?data_files=en/missing.json", 2, 16)
+    assert seen["data_files"] == ["en/missing.json"]
