@@ -17,7 +17,7 @@ from .api_distill import (  # noqa: F401
     check_distill, check_distill_dependencies, distill, distill_units, has_distill_checkpoint, is_main_process,
     make_distill_config,
 )
-from .api_eval import compare, eval_settings, eval_units, evaluate, load_report, write_eval_report  # noqa: F401
+from .api_eval import compare, eval_report_data, eval_settings, eval_units, evaluate, load_report, write_eval_report  # noqa: F401
 from .api_models import (  # noqa: F401
     USER_ERRORS, calibration_ids, check_output, checkpoint_bytes, copy_model, fetch_model, heldout_text, info,
     kernel_backends,

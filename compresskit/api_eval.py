@@ -13,7 +13,7 @@ import torch.nn as nn
 from .api_kv import resolve_kv
 from .api_models import heldout_text
 from .core.errors import InputError
-from .eval import EvalReport, Gate, RowCache, count_tokens, total_units, write_report_dir
+from .eval import EvalReport, Gate, RowCache, count_tokens, report_data, total_units, write_report_dir
 from .eval import compare as _compare
 from .eval import evaluate as _evaluate
 from .eval.settings import EvalSettings
@@ -103,6 +103,12 @@ def write_eval_report(directory: str | os.PathLike, child: Any, parent: Any = No
     """``report.json``, ``report.md`` and the PNG plots (needle heatmaps, perplexity vs length) in
     ``directory``."""
     return write_report_dir(directory, child, parent, comparison, meta)
+
+
+def eval_report_data(child: Any, parent: Any = None, comparison: Any = None,
+                     meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The dict ``report.json`` holds, without writing anything (``compresskit eval --json`` prints it)."""
+    return report_data(child, parent, comparison, meta)
 
 
 def load_report(path: str | os.PathLike) -> EvalReport:

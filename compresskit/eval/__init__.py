@@ -7,7 +7,7 @@ through an optional ``progress(units_done)`` callback.
 from .cache import RowCache, model_fingerprint
 from .compare import Comparison, CompareRow, Gate, compare
 from .longbench import LongBenchResult, load_longbench, longbench
-from .output import write_report_dir
+from .output import report_data, write_report_dir
 from .passkey import PasskeyResult, PasskeyTrial, passkey, passkey_prompt
 from .perplexity import PerplexityResult, perplexity, perplexity_ids
 from .plots import plot_lines, write_plots
@@ -34,6 +34,7 @@ __all__ = [
     "ruler",
     "plot_lines",
     "write_plots",
+    "report_data",
     "write_report_dir",
     "PasskeyResult",
     "PasskeyTrial",

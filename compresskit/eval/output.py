@@ -30,6 +30,15 @@ def _plots(directory: Path, parent: EvalReport | None, child: EvalReport) -> tup
         return [], str(e)
 
 
+def report_data(child: EvalReport, parent: EvalReport | None = None, comparison: Comparison | None = None,
+                meta: dict[str, Any] | None = None, plots: list[str] = ()) -> dict[str, Any]:
+    """What ``report.json`` holds (and ``compresskit eval --json`` prints): ``meta``, the scores (``model``, or
+    ``compressed`` and ``parent`` with their ``comparison``) and the plots' file names."""
+    return {"meta": meta or {}, "compressed" if parent is not None else "model": child.to_dict(),
+            "parent": None if parent is None else parent.to_dict(),
+            "comparison": None if comparison is None else comparison.to_dict(), "plots": list(plots)}
+
+
 def write_report_dir(directory: str | os.PathLike, child: EvalReport, parent: EvalReport | None = None,
                      comparison: Comparison | None = None, meta: dict[str, Any] | None = None) -> list[Path]:
     """Write the report files into ``directory`` (created if needed; files replaced atomically).
@@ -37,10 +46,7 @@ def write_report_dir(directory: str | os.PathLike, child: EvalReport, parent: Ev
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     pngs, missing = _plots(directory, parent, child)
-    data = {"meta": meta or {}, "compressed" if parent is not None else "model": child.to_dict(),
-            "parent": None if parent is None else parent.to_dict(),
-            "comparison": None if comparison is None else comparison.to_dict(), "plots": [p.name for p in pngs]}
-    write_json_atomic(directory / "report.json", data)
+    write_json_atomic(directory / "report.json", report_data(child, parent, comparison, meta, [p.name for p in pngs]))
     title = (meta or {}).get("title", "Evaluation")
     md = [f"# {title}\n"]
     md.append(comparison.markdown() if comparison is not None else markdown_table(child.table()))
