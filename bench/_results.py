@@ -1,7 +1,8 @@
 """What bench scripts share: timing a call (`median_time`), writing results, ``OUT.md`` (the table)
 and ``OUT.json`` (settings and rows), and what the quality benches (quality.py, quant_peers.py,
-clip_skip.py) score alike: the docs text (`docs_text`), RTN's gap closed (`gap_share`) and their
-evaluation and run options (`add_eval_options`).
+clip_skip.py, omniquant_stage.py) score alike: the docs text (`docs_text`, read once per run by `pin_docs`),
+a row's scores (`score_model`), RTN's gap closed (`gap_share`) and their evaluation and run options
+(`add_eval_options`).
 
 Bench scripts are run by path (``python bench/prune.py``), so this sits beside them and is imported
 as ``_results``.
@@ -76,5 +77,39 @@ def add_eval_options(ap: argparse.ArgumentParser, out: Path) -> None:
     ap.add_argument("--no-fp", action="store_true", help="skip the fp row (when merging with a run that has it)")
     ap.add_argument("--merge", help="comma-separated result JSONs (same settings) to combine into --out; "
                     "a later file's row replaces an earlier one's for the same config and method")
+    ap.add_argument("--docs-file", help="score this text file instead of docs/*.md (read once at the start, as "
+                    "those are): rows of runs made while docs/ changed stay comparable")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
+    ap.add_argument("--docs-sha256", help=argparse.SUPPRESS)
+
+
+def score_model(model: Any, tok: Any, args: argparse.Namespace) -> tuple[dict[str, float], float]:
+    """``(scores, seconds)``: held-out perplexity and passkey at ``args.lengths``, the docs perplexity at the first
+    length (``args.docs_file``, see `pin_docs`) and ``args.extra_tasks`` (as many samples per length as passkey
+    trials), the way every quality bench row is scored; seconds are those of the first evaluation."""
+    import compresskit
+
+    report = compresskit.evaluate(model, tok, tasks=("ppl", "passkey"), lengths=args.lengths,
+                                  ppl_windows=args.ppl_windows, passkey_trials=args.passkey_trials, seed=args.seed,
+                                  cache=False)
+    scores = {f"{r.task}@{r.length}": r.score for r in report.rows}
+    docs = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=args.lengths[:1], ppl_windows=args.ppl_windows,
+                                seed=args.seed, cache=False, text=Path(args.docs_file).read_text())
+    scores |= {f"ppl_docs@{r.length}": r.score for r in docs.rows}
+    if getattr(args, "extra_tasks", ""):
+        extra = compresskit.evaluate(model, tok, tasks=args.extra_tasks.split(","), lengths=args.lengths,
+                                     samples=args.passkey_trials, seed=args.seed, cache=False)
+        scores |= {f"{r.task}@{r.length}": r.score for r in extra.rows}
+    return scores, report.seconds
+
+
+def pin_docs(args: argparse.Namespace, tmp: str | Path) -> None:
+    """Read the docs text once (``--docs-file`` or docs/*.md now) into ``tmp``: every row of the run scores
+    it, whatever happens to docs/ meanwhile; ``args.docs_sha256`` names it in the results."""
+    import hashlib
+
+    docs = Path(args.docs_file).read_text() if args.docs_file else docs_text()
+    args.docs_file = str(Path(tmp) / "docs.txt")
+    Path(args.docs_file).write_text(docs)
+    args.docs_sha256 = hashlib.sha256(docs.encode()).hexdigest()[:16]

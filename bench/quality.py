@@ -3,7 +3,8 @@
     python bench/quality.py                       # full grid, settings chosen for the device
     python bench/quality.py --configs w4g64,w3g64 --methods rtn,gptq,omniquant --epochs 5
 
-Methods: fp, rtn, gptq (compresskit's own), gptq_act (act-order, static groups), nf4 (bitsandbytes, 4-bit,
+Methods: fp, rtn, gptq (compresskit's own), gptq_act (act-order, static groups), gptq_gar
+(act_group_aware: group-aware reordering, as GPTQModel's default), nf4 (bitsandbytes, 4-bit,
 blocksize 64), clipsearch (per-(row, group) clipping searched on each block's inputs, no training), omniquant
 (LWC for weight-only, LWC + LET for weight-activation, as the published scripts), omniquant_search (LWC
 started from the clipping search, early stopping with patience 2), omniquant_e2e (omniquant_search, then
@@ -27,14 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, handled, docs_text, gap_share, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, handled, gap_share, pin_docs, score_model, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {  # name -> QuantConfig fields
     "w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64),
     "w2g64": dict(wbits=2, group_size=64), "w4pc": dict(wbits=4, group_size=-1),
     "w4a4": dict(wbits=4, abits=4, group_size=-1), "w6a6": dict(wbits=6, abits=6, group_size=-1),
 }
-WEIGHT_ONLY = ("rtn", "gptq", "gptq_act", "nf4", "clipsearch", "omniquant", "omniquant_search", "omniquant_e2e",
+WEIGHT_ONLY = ("rtn", "gptq", "gptq_act", "gptq_gar", "nf4", "clipsearch", "omniquant", "omniquant_search", "omniquant_e2e",
                "omniquant_default", "omniquant_let")
 ONLY_W4G64 = ("nf4", "omniquant_let")
 WEIGHT_ACT = ("rtn", "smoothquant", "omniquant")
@@ -60,8 +61,9 @@ def run_one(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     if method == "rtn":
         compresskit.quantize(model, QuantConfig(**base))
-    elif method in ("gptq", "gptq_act"):
-        compresskit.quantize(model, GPTQConfig(**base, **calib, act_order=method == "gptq_act"), tokenizer=tok)
+    elif method in ("gptq", "gptq_act", "gptq_gar"):
+        compresskit.quantize(model, GPTQConfig(**base, **calib, act_order=method == "gptq_act",
+                                               act_group_aware=method == "gptq_gar"), tokenizer=tok)
     elif method == "clipsearch":
         compresskit.quantize(model, OmniQuantConfig(**base, **fixed, epochs=0, clip_init="search"), tokenizer=tok)
     elif method == "omniquant_e2e":
@@ -83,19 +85,9 @@ def run_one(args: argparse.Namespace) -> dict:
     calib_s = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    report = compresskit.evaluate(model, tok, tasks=("ppl", "passkey"), lengths=args.lengths,
-                                  ppl_windows=args.ppl_windows, passkey_trials=args.passkey_trials, seed=args.seed,
-                                  cache=False)
-    scores = {f"{r.task}@{r.length}": r.score for r in report.rows}
-    other = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=args.lengths[:1], ppl_windows=args.ppl_windows,
-                                 seed=args.seed, cache=False, text=docs_text())
-    scores |= {f"ppl_docs@{r.length}": r.score for r in other.rows}
-    if args.extra_tasks:  # needle tasks, as many samples per length as passkey trials
-        extra = compresskit.evaluate(model, tok, tasks=args.extra_tasks.split(","), lengths=args.lengths,
-                                     samples=args.passkey_trials, seed=args.seed, cache=False)
-        scores |= {f"{r.task}@{r.length}": r.score for r in extra.rows}
+    scores, eval_s = score_model(model, tok, args)
     return {"method": method, "config": name, "calib_s": calib_s, "peak_bytes": peak, "device": device,
-            "scores": scores, "eval_s": report.seconds}
+            "scores": scores, "eval_s": eval_s}
 
 
 def _nf4(model) -> None:
@@ -142,6 +134,8 @@ def main() -> None:
         allowed = WEIGHT_ACT if CONFIGS[name].get("abits") else WEIGHT_ONLY
         jobs += [(m, name) for m in methods if m in allowed and not (m in ONLY_W4G64 and name != "w4g64")]
     rows = []
+    pinned = tempfile.TemporaryDirectory()
+    pin_docs(args, pinned.name)
     for method, name in jobs:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "r.json"
@@ -163,7 +157,7 @@ def _merge(args) -> None:
             setattr(args, key, data["settings"][key])
         rows.update({(r["config"], r["method"]): r for r in data["rows"]})
     order = ["fp"] + list(CONFIGS)
-    methods = ["fp", "rtn", "gptq", "gptq_act", "nf4", "smoothquant", "clipsearch", "omniquant", "omniquant_search",
+    methods = ["fp", "rtn", "gptq", "gptq_act", "gptq_gar", "nf4", "smoothquant", "clipsearch", "omniquant", "omniquant_search",
                "omniquant_e2e", "omniquant_default", "omniquant_let"]
     ordered = sorted(rows.values(), key=lambda r: (order.index(r["config"]), methods.index(r["method"])))
     _write(ordered, args, any(r.get("device") == "cuda" for r in ordered))
@@ -173,7 +167,8 @@ def _forward(args) -> list[str]:
     out = ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
            "--lengths", ",".join(map(str, args.lengths)), "--ppl-windows", str(args.ppl_windows),
            "--passkey-trials", str(args.passkey_trials), "--seed", str(args.seed)]
-    out += ["--finetune-steps", str(args.finetune_steps), "--extra-tasks", args.extra_tasks]
+    out += ["--finetune-steps", str(args.finetune_steps), "--extra-tasks", args.extra_tasks,
+            "--docs-file", args.docs_file]
     return out + (["--epochs", str(args.epochs)] if args.epochs is not None else [])
 
 

@@ -5,7 +5,8 @@ calibration windows, same evaluation.
     nice -n 19 python bench/quant_peers.py       # W4 g64 and W3 g64, every method below, one thread
 
 Rows (W4 g64 and W3 g64, asymmetric where the method allows, embeddings kept float):
-  fp, rtn, gptq, gptq_act           compresskit itself, run with this interpreter (``--main-python``)
+  fp, rtn, gptq, gptq_act, gptq_gar compresskit itself, run with this interpreter (``--main-python``);
+                                    gptq_gar: act_group_aware (group-aware reordering, as GPTQModel's default)
   gptqmodel                         GPTQModel's GPTQ, desc_act=False (its default: group-aware reordering on)
   gptqmodel_plain                   the same with act_group_aware=False: the plain GPTQ column order
   gptqmodel_act                     desc_act=True (act-order, dynamic groups through g_idx)
@@ -25,7 +26,6 @@ Writes bench/results/quant_peers.{md,json}; ``--merge`` combines runs made with 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import resource
@@ -35,10 +35,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, handled, docs_text, gap_share, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, handled, gap_share, pin_docs, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {"w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64)}
-OURS = ("fp", "rtn", "gptq", "gptq_act")
+OURS = ("fp", "rtn", "gptq", "gptq_act", "gptq_gar")
 PEERS = ("gptqmodel", "gptqmodel_plain", "gptqmodel_act", "hqq", "nf4")
 ORDER = OURS + PEERS
 ONLY_W4 = ("nf4",)
@@ -47,6 +47,7 @@ NOTES = {
     "rtn": "compresskit RTN (asym)",
     "gptq": "compresskit GPTQ (asym, damp 0.01)",
     "gptq_act": "compresskit GPTQ act-order, static groups",
+    "gptq_gar": "compresskit GPTQ act_group_aware (group-aware reordering, per-group parameters when reached)",
     "gptqmodel": "GPTQModel GPTQ desc_act=False (default act_group_aware=True), asym, damp {damp}; dequantized from its packed TorchLinear after its loader's v1->v2 qzeros conversion (fp16 scales)",
     "gptqmodel_plain": "GPTQModel GPTQ desc_act=False, act_group_aware=False, asym, damp {damp}; dequantized from its packed TorchLinear after its loader's v1->v2 qzeros conversion (fp16 scales)",
     "gptqmodel_act": "GPTQModel GPTQ desc_act=True, asym, damp {damp}; dequantized from its packed TorchLinear after its loader's v1->v2 qzeros conversion (fp16 scales, g_idx)",
@@ -105,9 +106,10 @@ def _ours(method: str, cfg: dict, args):
     t0 = time.perf_counter()
     if method == "rtn":
         compresskit.quantize(model, QuantConfig(**base))
-    elif method in ("gptq", "gptq_act"):
+    elif method in ("gptq", "gptq_act", "gptq_gar"):
         compresskit.quantize(model, GPTQConfig(**base, nsamples=args.nsamples, seqlen=args.seqlen, calib="builtin",
-                                               seed=args.seed, act_order=method == "gptq_act"), tokenizer=tok)
+                                               seed=args.seed, act_order=method == "gptq_act",
+                                               act_group_aware=method == "gptq_gar"), tokenizer=tok)
     return model, tok, time.perf_counter() - t0, _peak()
 
 
@@ -298,10 +300,8 @@ def main() -> None:
     add_eval_options(ap, Path(__file__).parent / "results" / "quant_peers")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each row")
     ap.add_argument("--gptqmodel-workers", type=int, default=1, help="GPTQModel's cpu worker threads")
-    ap.add_argument("--docs-file", help="score this text file instead of docs/*.md (read once, as those are)")
     ap.add_argument("--docs-only", action="store_true", help="quantize and score the docs perplexity only; "
                     "--merge puts it into the same rows of the other files")
-    ap.add_argument("--docs-sha256", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if handled(args, run_one, _merge):
         return
@@ -314,10 +314,7 @@ def main() -> None:
         jobs += [(m, name) for name in args.configs.split(",")
                  if m != "fp" and not (m in ONLY_W4 and CONFIGS[name]["wbits"] != 4)]
     with tempfile.TemporaryDirectory() as tmp:
-        docs = Path(args.docs_file).read_text() if args.docs_file else docs_text()
-        args.docs_file = str(Path(tmp) / "docs.txt")
-        Path(args.docs_file).write_text(docs)
-        args.docs_sha256 = hashlib.sha256(docs.encode()).hexdigest()[:16]
+        pin_docs(args, tmp)
         args.git_head = _git_head()
         rows = []
         for method, name in jobs:

@@ -6,7 +6,10 @@ Cholesky factor. Groups get their scale/zero from the current (already compensat
 their first column is reached. With ``act_order`` columns are rounded in order of decreasing Hessian
 diagonal (the inputs with the most energy first) and groups take their parameters up front from the
 original weights ("static groups", as GPTQModel's ``static_groups``), so ``g_idx`` stays ``i // group_size``
-and every kernel and loader reads the result. When the damped Hessian does not factor (dead or collinear
+and every kernel and loader reads the result. With ``act_group_aware`` (GPTQModel's default; Gafni et al.,
+"Group Aware Reordering", CVPRW 2025) the groups stay the natural ones but are rounded in order of their
+largest Hessian diagonal, each group's columns by decreasing diagonal, and each group takes its parameters
+from the compensated weights when it is reached: the ordering's gain without static groups. When the damped Hessian does not factor (dead or collinear
 inputs from too few tokens), the damping grows tenfold until it does; the damping used is reported.
 Within a block, linear groups run in execution order (q/k/v, o, gate/up, down), each on inputs
 produced by the already-quantized earlier linears ("true sequential").
@@ -36,16 +39,20 @@ class GPTQConfig(CalibratedConfig):
     one linear group at a time on the quantized stream. ``damp`` is the fraction of the mean Hessian
     diagonal added for stability (raised tenfold, up to 1, while the Hessian does not factor);
     ``block_size`` columns are updated lazily together; ``act_order`` rounds columns by decreasing Hessian
-    diagonal with static groups. The default calibration is 128 x 2048 tokens (at least 64K are advised:
+    diagonal with static groups; ``act_group_aware`` orders whole groups (and the columns within each) by the
+    Hessian diagonal and keeps per-group parameters from the compensated weights. The default calibration is 128 x 2048 tokens (at least 64K are advised:
     the down projection's Hessian is 1536-8192 wide)."""
 
     method: str = "gptq"
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
+    act_group_aware: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.act_order and self.act_group_aware:
+            raise ConfigError("act_order and act_group_aware are two column orders: set one of them")
         if not 0 < self.damp < 1:
             raise ConfigError(f"damp={self.damp} must lie in (0, 1)")
         if self.block_size < 1:
@@ -69,8 +76,21 @@ def inverse_factor(hessian: torch.Tensor, damp: float, limit: float = 1.0) -> tu
         damp = min(damp * 10, limit)
 
 
+def group_aware_order(diag: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The column order of group-aware reordering: whole groups by their largest ``diag`` value, descending,
+    the columns of each by ``diag``, descending; a last, partial group keeps its place at the end."""
+    n = diag.numel()
+    whole = n // group_size * group_size
+    per_group = diag[:whole].view(-1, group_size)
+    local = torch.argsort(per_group, dim=1, descending=True)
+    groups = torch.argsort(per_group.max(dim=1).values, descending=True)
+    order = (local[groups] + groups[:, None] * group_size).reshape(-1)
+    tail = torch.arange(whole, n, device=diag.device)
+    return torch.cat([order, tail[torch.argsort(diag[whole:], descending=True)]])
+
+
 def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, entry: LinearEntry, damp: float = 0.01,
-                  block_size: int = 128, act_order: bool = False
+                  block_size: int = 128, act_order: bool = False, act_group_aware: bool = False
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """``(q [out, in] uint8, scale [out, groups], zero [out, groups], damp used)`` for ``w`` ``[out, in]``."""
     out_f, in_f = w.shape
@@ -92,6 +112,9 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, entry: LinearEntry, da
             s, z = compute_qparams(W[:, g * gs:(g + 1) * gs], entry.bits, -1, entry.sym)
             scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
         order = torch.argsort(torch.diag(H), descending=True)
+    elif act_group_aware:  # each group's columns stay together: its parameters are taken when it is reached
+        order = group_aware_order(torch.diag(H), gs)
+    if act_order or act_group_aware:
         W, H = W[:, order], H[order][:, order]
     Hinv, damp = inverse_factor(H, damp)
     columns = order.tolist()  # one host copy, not a device sync per column
@@ -103,8 +126,8 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, entry: LinearEntry, da
         for i in range(i2 - i1):
             col = columns[i1 + i]  # the column of the original weight
             g = col // gs
-            if not act_order and col % gs == 0:  # a group starts: parameters from the compensated weights
-                current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, : min(gs, in_f - col)]
+            if not act_order and (i1 + i) % gs == 0:  # a group starts: parameters from the compensated weights
+                current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, : min(gs, in_f - g * gs)]
                 s, z = compute_qparams(current, entry.bits, -1, entry.sym)
                 scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
             q = torch.clamp(torch.round(W1[:, i] / scale[:, g]) + zero[:, g], 0, maxq)
@@ -143,7 +166,7 @@ def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib_ids: torch.Tensor,
             for name in names:
                 dense, entry = get_module(block, name), entries[i][name]
                 q, scale, zero, damp = gptq_quantize(dense.weight, hessians[name], entry, cfg.damp, cfg.block_size,
-                                                     cfg.act_order)
+                                                     cfg.act_order, cfg.act_group_aware)
                 if damp != cfg.damp:
                     raised[f"{arch.blocks}.{i}.{name}"] = damp
                 packed = GPTQPacked.pack(q.cpu(), scale.cpu(), zero.cpu(), entry.bits, entry.group_size)
@@ -156,4 +179,5 @@ def quantize_gptq(model: nn.Module, cfg: GPTQConfig, calib_ids: torch.Tensor,
     embeddings = quantize_embeddings(model, arch) if quantize_emb else None
     return build_manifest(model, cfg, plans, skipped, embeddings,
                           report={"method": "gptq", "calibration_tokens": int(calib_ids.numel()),
-                                  "act_order": cfg.act_order, "damping_raised": raised})
+                                  "act_order": cfg.act_order, "act_group_aware": cfg.act_group_aware,
+                                          "damping_raised": raised})

@@ -99,4 +99,55 @@ def test_gptq_reports_act_order_and_raised_damping():
     cfg = GPTQConfig(wbits=4, group_size=32, nsamples=2, seqlen=32, act_order=True)
     manifest = compresskit.quantize(model, cfg, calib=ids)
     report = manifest.to_dict()["report"]
-    assert report["act_order"] is True and isinstance(report["damping_raised"], dict)
+    assert report["act_order"] is True and report["act_group_aware"] is False and isinstance(report["damping_raised"], dict)
+
+
+def _group_aware_reference(diag: torch.Tensor, gs: int) -> list[int]:
+    """Group-aware reordering written out as its paper states it, one group at a time."""
+    n = diag.numel()
+    groups = [list(range(s, min(s + gs, n))) for s in range(0, n, gs)]
+    whole = [g for g in groups if len(g) == gs]
+    whole.sort(key=lambda g: -max(float(diag[i]) for i in g))  # stable: ties keep the natural order
+    order = [i for g in whole for i in sorted(g, key=lambda i: -float(diag[i]))]
+    tail = [g for g in groups if len(g) < gs]
+    return order + [i for g in tail for i in sorted(g, key=lambda i: -float(diag[i]))]
+
+
+@pytest.mark.parametrize("n,gs", [(128, 32), (100, 32), (64, 64)])
+def test_group_aware_order_keeps_groups_whole_and_sorts_by_the_diagonal(n, gs):
+    from compresskit.quant.gptq import group_aware_order
+
+    diag = torch.rand(n, generator=torch.Generator().manual_seed(n))
+    order = group_aware_order(diag, gs)
+    assert order.tolist() == _group_aware_reference(diag, gs)
+    assert sorted(order.tolist()) == list(range(n))
+    for start in range(0, n - n % gs, gs):  # every run of gs positions is one natural group
+        assert len({int(c) // gs for c in order[start:start + gs]}) == 1
+
+
+def test_group_aware_gptq_is_rtn_on_a_diagonal_hessian_and_beats_it_otherwise():
+    g = torch.Generator().manual_seed(6)
+    w = torch.randn(32, 96, generator=g)
+    h = torch.diag(torch.rand(96, generator=g) + 0.5)
+    entry = LinearEntry(4, 32, False)
+    q, scale, zero, _ = gptq_quantize(w, h, entry, act_group_aware=True)
+    s_ref, z_ref = compute_qparams(w, 4, 32, False)
+    assert torch.equal(scale, s_ref) and torch.equal(zero, z_ref) and torch.equal(q, quantize(w, s_ref, z_ref, 4, 32))
+    # correlated inputs with a few loud channels: lower output error than RTN and than plain GPTQ's order
+    w = torch.randn(64, 128, generator=g)
+    loud = torch.ones(128)
+    loud[torch.randperm(128, generator=g)[:8]] = 8.0
+    x = (torch.randn(4096, 128, generator=g) @ (torch.randn(128, 128, generator=g) * 0.3 + torch.eye(128))) * loud
+    h = 2 * x.t() @ x / x.shape[0]
+    entry = LinearEntry(3, 32, False)
+    err = lambda q, s, z: float((x @ (w - dequantize(q, s, z, 32)).t()).pow(2).mean())
+    s_r, z_r = compute_qparams(w, 3, 32, False)
+    rtn = err(quantize(w, s_r, z_r, 3, 32), s_r, z_r)
+    q, s, z, _ = gptq_quantize(w, h, entry, act_group_aware=True)
+    assert err(q, s, z) < 0.8 * rtn
+    assert s.shape == s_r.shape  # natural groups: g_idx stays i // group_size
+
+
+def test_act_order_and_act_group_aware_are_exclusive():
+    with pytest.raises(ValueError, match="set one of them"):
+        GPTQConfig(wbits=4, group_size=32, act_order=True, act_group_aware=True)
