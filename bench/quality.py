@@ -219,7 +219,8 @@ def _write(rows: list[dict], args, cuda: bool) -> None:
                              "(log rtn - log fp): " + ", ".join(f"{k} {v:.0%}" for k, v in closed.items()))
     settings = (f"device {'cuda' if cuda else 'cpu'}; calibration {args.nsamples} x {args.seqlen} tokens from the "
                 f"shipped train split, epochs {args.epochs if args.epochs is not None else '20 (40 for W2)'}; "
-                f"perplexity over {args.ppl_windows} windows of the held-out split and of docs/*.md (text of another kind); passkey {args.passkey_trials} trials per length; "
+                f"perplexity over {args.ppl_windows} windows of the held-out split and of docs/*.md (text of another kind; "
+                f"sha256 {getattr(args, 'docs_sha256', None) or 'not recorded'}); passkey {args.passkey_trials} trials per length; "
                 "embeddings kept in float for every method; W-A activations simulated.")
     md = settings + "\n\n" + "\n".join(lines) + "\n"
     write_results(args.out, md, {"settings": vars(args), "rows": rows}, echo=True)

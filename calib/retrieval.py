@@ -5,7 +5,9 @@ way can lose the long-range retrieval its parent had (passkey falls). `with_retr
 of the windows into exercises: k facts ("Note that the locker code of Maria is 48213.") are placed at
 random depths of the window's own text and asked for again at its end ("Question: ... Answer: The
 locker code of Maria is 48213."). The teacher answers them, so the KL on the answer tokens teaches the
-student to retrieve. The wording, values and the surrounding real text differ from the passkey test
+student to retrieve. With ``repeat`` the haystack is one short passage of the window repeated, as in
+passkey-style prompts: a student distilled on running prose alone can lose retrieval from repetitive
+context while keeping it in prose. The wording, values, passages and filler differ from the passkey test
 (compresskit.eval.passkey), which stays a held-out measurement.
 """
 from __future__ import annotations
@@ -29,9 +31,15 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def retrieval_exercise(tokenizer: Any, window: torch.Tensor, rng: random.Random) -> torch.Tensor:
+REPEAT_SPAN = (16, 64)  # tokens in the passage a repeated haystack is made of
+
+
+def retrieval_exercise(tokenizer: Any, window: torch.Tensor, rng: random.Random,
+                       repeat: random.Random | None = None) -> torch.Tensor:
     """``window`` (1-D, L tokens) with 1-3 facts inserted at random depths of its first tokens and the
-    questions with their answers appended; still exactly L tokens (the text's tail is dropped)."""
+    questions with their answers appended; still exactly L tokens (the text's tail is dropped). With
+    ``repeat`` (a generator of its own, so ``rng``'s draws stay those of a plain exercise) the text around
+    the facts is one passage of 16-64 tokens of the window, chosen by it and repeated."""
     if window.dim() != 1:
         raise ValueError(f"a window is 1-D, got shape {tuple(window.shape)}")
     length = window.numel()
@@ -45,6 +53,10 @@ def retrieval_exercise(tokenizer: Any, window: torch.Tensor, rng: random.Random)
         raise InputError(f"a {length}-token window is too short for retrieval exercises (need about "
                          f"{2 * (length - n_text)} tokens); use longer sequences or retrieval_mix=0")
     text = window[:n_text].tolist()
+    if repeat is not None:
+        span = repeat.randint(*REPEAT_SPAN)
+        start = repeat.randint(0, n_text - span)
+        text = (text[start:start + span] * (n_text // span + 1))[:n_text]
     cuts = sorted(rng.randint(0, n_text) for _ in inserts)
     out: list[int] = []
     prev = 0
@@ -55,11 +67,17 @@ def retrieval_exercise(tokenizer: Any, window: torch.Tensor, rng: random.Random)
     return torch.tensor(out, dtype=window.dtype)
 
 
-def with_retrieval(tokenizer: Any, windows: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
-    """``windows`` ([n, L]) with ``round(fraction * n)`` of them (chosen by ``seed``) made retrieval exercises."""
-    if not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"fraction={fraction} must lie in [0, 1]")
+def with_retrieval(tokenizer: Any, windows: torch.Tensor, fraction: float, seed: int = 0,
+                   repeat: float = 0.0) -> torch.Tensor:
+    """``windows`` ([n, L]) with ``round(fraction * n)`` of them (chosen by ``seed``) made retrieval exercises,
+    ``round(repeat * that)`` of those with a repeated haystack."""
+    if not 0.0 <= fraction <= 1.0 or not 0.0 <= repeat <= 1.0:
+        raise ConfigError(f"fraction={fraction} and repeat={repeat} must lie in [0, 1]")
     rng = random.Random(seed)
     n = windows.shape[0]
-    chosen = set(rng.sample(range(n), round(fraction * n)))
-    return torch.stack([retrieval_exercise(tokenizer, w, rng) if i in chosen else w for i, w in enumerate(windows)])
+    chosen = rng.sample(range(n), round(fraction * n))
+    passages = random.Random(seed + 1)  # its own draws: the exercises stay those of repeat=0, bar their haystacks
+    repeated = set(passages.sample(chosen, round(repeat * len(chosen))))
+    chosen = set(chosen)
+    return torch.stack([retrieval_exercise(tokenizer, w, rng, repeat=passages if i in repeated else None)
+                        if i in chosen else w for i, w in enumerate(windows)])

@@ -132,7 +132,9 @@ def finetune_config(config: OmniQuantConfig, context: int = 2048) -> DistillConf
     steps = config.finetune_steps
     return DistillConfig(steps=steps, lr=config.finetune_lr, warmup_steps=min(2, steps // 4),
                          seqlen=min(FINETUNE_CONTEXT, context), seqlen_schedule=(0.5, 1.0) if steps >= 2 else (), quant_params_only=True,
-                         retrieval_mix=config.finetune_retrieval_mix, data=config.calib, seed=config.seed)
+                         retrieval_mix=config.finetune_retrieval_mix,
+                         retrieval_repeat=config.finetune_retrieval_repeat if config.finetune_retrieval_mix else 0.0,
+                         data=config.calib, seed=config.seed)
 
 
 def _omniquant_units(ctx: PassContext, config: OmniQuantConfig) -> int:

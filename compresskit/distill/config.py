@@ -75,7 +75,9 @@ class DistillConfig(JsonConfig):
     Data: windows from ``data`` (a calibration source: ``builtin``, ``file:PATH``, ``generated``,
     ``hf:NAME``), drawn with ``seed``; ``retrieval_mix`` of them (a share, 0..1) become retrieval
     exercises: facts hidden at random depths of the window's text and asked for at its end
-    (compresskit.calib.retrieval), so that distilling keeps the parent's long-range retrieval. ``checkpoint_every`` N steps the full training state is saved
+    (compresskit.calib.retrieval), so that distilling keeps the parent's long-range retrieval;
+    ``retrieval_repeat`` of those exercises (a share, 0..1) hide their facts in one short passage of the
+    text repeated instead (passkey-style haystacks: retrieval from repetitive context is not learnt from prose). ``checkpoint_every`` N steps the full training state is saved
     (0: only when stopped early); a rerun with the same work directory resumes exactly.
     ``mixed_precision``: ``auto`` = bf16 on CUDA, fp32 on CPU (or what ``accelerate launch`` sets).
     """
@@ -101,6 +103,7 @@ class DistillConfig(JsonConfig):
     kl_chunk: int = 1024
     data: str = "builtin"
     retrieval_mix: float = 0.0
+    retrieval_repeat: float = 0.0
     seed: int = 0
     train_parts: tuple[str, ...] = ()
     lora: bool = False
@@ -154,6 +157,12 @@ class DistillConfig(JsonConfig):
         if not (isinstance(self.retrieval_mix, (int, float)) and 0.0 <= self.retrieval_mix <= 1.0):
             raise ConfigError(f"retrieval_mix={self.retrieval_mix!r} is the share of windows made retrieval "
                               "exercises: give a number in [0, 1] (e.g. --retrieval-mix 0.25)")
+        if not (isinstance(self.retrieval_repeat, (int, float)) and 0.0 <= self.retrieval_repeat <= 1.0):
+            raise ConfigError(f"retrieval_repeat={self.retrieval_repeat!r} is the share of retrieval exercises with a "
+                              "repeated haystack: give a number in [0, 1] (e.g. --retrieval-repeat 0.5)")
+        if self.retrieval_repeat and not self.retrieval_mix:
+            raise ConfigError(f"retrieval_repeat={self.retrieval_repeat} shapes retrieval exercises and there are none: "
+                              "set --retrieval-mix too (e.g. --retrieval-mix 0.5)")
         if self.retrieval_mix and lengths[0] < RETRIEVAL_MIN_SEQLEN:
             raise ConfigError(f"retrieval exercises need windows of at least {RETRIEVAL_MIN_SEQLEN} tokens and the "
                               f"first stage has {lengths[0]}: start --seqlen-schedule at {RETRIEVAL_MIN_SEQLEN} or "

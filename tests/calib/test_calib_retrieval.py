@@ -44,10 +44,43 @@ def test_the_share_of_exercises_and_its_seed(tiny_tokenizer, windows):
     assert len(changed) == 3 and mixed.shape == windows.shape
     assert torch.equal(with_retrieval(tiny_tokenizer, windows, 0.5, seed=1), mixed)  # deterministic
     assert torch.equal(with_retrieval(tiny_tokenizer, windows, 0.0), windows)
-    with pytest.raises(ValueError, match=r"fraction=1.5 must lie in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"fraction=1.5 and repeat=0.0 must lie in \[0, 1\]"):
         with_retrieval(tiny_tokenizer, windows, 1.5)
 
 
 def test_too_short_a_window_is_refused(tiny_tokenizer):
     with pytest.raises(ValueError, match="too short for retrieval exercises"):
         retrieval_exercise(tiny_tokenizer, torch.arange(40), random.Random(0))
+
+
+def test_a_repeated_haystack_is_one_passage_of_the_window_around_the_facts(tiny_tokenizer, windows):
+    """With ``repeat`` the facts and questions are the same kind, and everything else is one 16-64 token
+    passage of the window, over and over (as passkey's filler); the other exercises keep the window's text."""
+    from compresskit.calib.retrieval import REPEAT_SPAN
+
+    checked = 0
+    for seed in range(4):
+        x = retrieval_exercise(tiny_tokenizer, windows[2], random.Random(seed), repeat=random.Random(seed + 9))
+        assert x.shape == windows[2].shape
+        text = tiny_tokenizer.decode(x)
+        told = re.findall(r"Note that the (.+?) of (\w+) is (\d+)\.", text)
+        answers = re.findall(r"Question: What is the (.+?) of (\w+)\? Answer: The \1 of \2 is (\d+)\.", text)
+        assert told and sorted(answers) == sorted(told)
+        ids = x.tolist()
+        # the haystack before the first fact repeats with a period in the span range, and is the window's text
+        first = re.search(r" Note that", text).start()
+        head = tiny_tokenizer(text[:first], add_special_tokens=False)["input_ids"]
+        if len(head) < 3 * REPEAT_SPAN[1]:
+            continue
+        head = ids[:len(head) - 2]
+        period = next(p for p in range(REPEAT_SPAN[0], REPEAT_SPAN[1] + 1)
+                      if all(head[i] == head[i + p] for i in range(len(head) - p)))
+        unit = windows[2].tolist()
+        assert any(unit[o:o + period] == head[:period] for o in range(len(unit) - period))
+        checked += 1
+    assert checked >= 2  # most seeds put the first fact past three passages
+    # the share: round(repeat x exercises) of them, the rest as without repeat (the same windows chosen)
+    plain = with_retrieval(tiny_tokenizer, windows, 1.0, seed=5)
+    half = with_retrieval(tiny_tokenizer, windows, 1.0, seed=5, repeat=0.5)
+    same = [torch.equal(plain[i], half[i]) for i in range(len(windows))]
+    assert same.count(False) == 3

@@ -222,3 +222,7 @@ def test_retrieval_mix_reaches_the_training_windows(tiny_tokenizer):
     assert sum(torch.equal(a, b) for a, b in zip(mixed, base)) == 2  # the others are the plain windows
     with pytest.raises(ValueError, match="tokenizer"):
         api_distill.sampler(None, token_stream(), seed=0, retrieval_mix=0.5)
+    # retrieval_repeat: the same windows become exercises, half of them with a repeated haystack
+    rep = api_distill.sampler(tiny_tokenizer, "builtin", seed=0, retrieval_mix=0.5, retrieval_repeat=0.5)(1000, 4, 1)
+    assert [torch.equal(a, b) for a, b in zip(rep, base)] == [torch.equal(a, b) for a, b in zip(mixed, base)]
+    assert sum(not torch.equal(a, b) for a, b in zip(rep, mixed)) == 1

@@ -93,3 +93,12 @@ def test_retrieval_mix_is_a_share():
             DistillConfig(retrieval_mix=bad)
     with pytest.raises(ConfigError, match="at least 256 tokens and the first stage has 128"):
         DistillConfig(retrieval_mix=0.25, seqlen=1024, seqlen_schedule=(128, 1024))
+
+
+def test_retrieval_repeat_is_a_share_of_the_exercises():
+    assert DistillConfig(retrieval_mix=0.5, retrieval_repeat=0.5).retrieval_repeat == 0.5
+    for bad in (-0.1, 2, "a"):
+        with pytest.raises(ConfigError, match="retrieval_repeat=.* give a number in \\[0, 1\\]"):
+            DistillConfig(retrieval_mix=0.5, retrieval_repeat=bad)
+    with pytest.raises(ConfigError, match="there are none: set --retrieval-mix"):
+        DistillConfig(retrieval_repeat=0.5)

@@ -322,3 +322,12 @@ def test_the_end_to_end_stage_trains_the_scales_and_keeps_the_codes():
     assert stage["kl_last"] < stage["kl_first"]
     with pytest.raises(ConfigError, match="finetune_steps=-1"):
         OmniQuantConfig(**{**SMALL, "finetune_steps": -1})
+    # the stage's distillation settings come from the finetune_* fields
+    from compresskit.api_passes import finetune_config
+
+    stage_cfg = finetune_config(OmniQuantConfig(**SMALL, finetune_steps=8, finetune_lr=1e-3, finetune_retrieval_repeat=0.5))
+    assert (stage_cfg.steps, stage_cfg.lr, stage_cfg.retrieval_mix, stage_cfg.retrieval_repeat) == (8, 1e-3, 0.5, 0.5)
+    assert finetune_config(OmniQuantConfig(**SMALL, finetune_steps=8, finetune_retrieval_mix=0,
+                                           finetune_retrieval_repeat=0.5)).retrieval_repeat == 0
+    with pytest.raises(ConfigError, match="finetune_retrieval_repeat=1.5"):
+        OmniQuantConfig(**{**SMALL, "finetune_retrieval_repeat": 1.5})

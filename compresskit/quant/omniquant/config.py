@@ -68,7 +68,8 @@ class OmniQuantConfig(CalibratedConfig):
     - ``finetune_steps``: after the blocks, this many steps of end-to-end distillation against the parent
       that train only the group scales (the integer codes stay; ``compresskit.distill`` with
       ``quant_params_only``), at ``finetune_lr`` on windows of 1024 then 2048 tokens of ``calib``, with
-      ``finetune_retrieval_mix`` of them retrieval exercises (0: OmniQuant alone, as published). The
+      ``finetune_retrieval_mix`` of them retrieval exercises (0: OmniQuant alone, as published),
+      ``finetune_retrieval_repeat`` of those with a repeated haystack (compresskit.calib.retrieval). The
       compresskit API runs this stage; the manifest's report holds it as ``distillation``.
     """
 
@@ -87,8 +88,9 @@ class OmniQuantConfig(CalibratedConfig):
     clip_search_skip: tuple[str, ...] = ("v_proj",)
     patience: int | None = None
     finetune_steps: int | None = None
-    finetune_lr: float = 1e-2
+    finetune_lr: float = 3e-3
     finetune_retrieval_mix: float = 0.5
+    finetune_retrieval_repeat: float = 0.5
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -152,9 +154,11 @@ class OmniQuantConfig(CalibratedConfig):
             raise ConfigError(f"clip_init={self.clip_init!r} is unknown; use {' or '.join(CLIP_INITS)}")
         if self.patience < 0:
             raise ConfigError(f"patience={self.patience} must be >= 0 (0: no early stopping)")
-        if self.finetune_steps < 0 or self.finetune_lr <= 0 or not 0 <= self.finetune_retrieval_mix < 1:
-            raise ConfigError(f"finetune_steps={self.finetune_steps} must be >= 0, finetune_lr={self.finetune_lr} > 0 "
-                              f"and finetune_retrieval_mix={self.finetune_retrieval_mix} in [0, 1)")
+        if (self.finetune_steps < 0 or self.finetune_lr <= 0 or not 0 <= self.finetune_retrieval_mix < 1
+                or not 0 <= self.finetune_retrieval_repeat <= 1):
+            raise ConfigError(f"finetune_steps={self.finetune_steps} must be >= 0, finetune_lr={self.finetune_lr} > 0, "
+                              f"finetune_retrieval_mix={self.finetune_retrieval_mix} in [0, 1) and "
+                              f"finetune_retrieval_repeat={self.finetune_retrieval_repeat} in [0, 1]")
         if self.let_alpha is not None and not 0.0 <= self.let_alpha <= 1.0:
             raise ConfigError(f"let_alpha={self.let_alpha} must lie in [0, 1]")
 
