@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from ..core.errors import InputError, MissingFileError
 
@@ -130,6 +130,16 @@ def _hf_data_files(value: str) -> list[str] | None:
         raise InputError(f"'hf:{value}': after '?' only 'data_files=GLOB[,GLOB...]' is understood, e.g. "
                          "'hf:allenai/c4?data_files=en/c4-train.00000-of-01024.json.gz' or 'hf:json?data_files=shards/*.jsonl'")
     return [f.strip() for f in query[len(DATA_FILES):].split(",") if f.strip()]
+
+
+def map_hf_data_files(value: str, fn: Callable[[str], str]) -> str:
+    """The hf spec ``value`` (after ``hf:``) with ``fn`` applied to each of its ``?data_files=`` globs."""
+    files = _hf_data_files(value)
+    if files is None:
+        return value
+    body, _ = _hf_query(value)
+    _, field = split_field(value)
+    return f"{body}?{DATA_FILES}{','.join(map(fn, files))}" + ("" if field is None else f"#{field}")
 
 
 def _parse_hf(value: str) -> tuple[str, str | None, str]:

@@ -52,11 +52,10 @@ def public_name(name: str | os.PathLike | None) -> str | None:
     name = str(name)
     if name.startswith("file:"):
         return "file:" + str(public_name(name[len("file:"):]))
-    if name.startswith("hf:") and "?data_files=" in name:  # local data files by their last part; hub globs stay
-        head, _, files = name.partition("?data_files=")
-        files, sep, field = files.partition("#")
-        kept = ",".join(Path(f).name if f.startswith(("/", "~")) else f for f in files.split(","))
-        return f"{head}?data_files={kept}{sep}{field}"
+    if name.startswith("hf:"):  # local data files by their last part; hub-relative globs stay
+        from .calib.source import map_hf_data_files
+
+        return "hf:" + map_hf_data_files(name[3:], lambda f: Path(f).name if f.startswith(("/", "~")) else f)
     path = Path(name).expanduser()
     if name in EMBEDDED or ("/" not in name and not name.startswith("~")):
         return name
