@@ -244,7 +244,7 @@ def evaluate(
     Every (task, length) is validated before any model call, so bad arguments fail fast with
     ``ValueError``. With a ``cache`` (see :class:`RowCache`), rows already computed for the same
     weights, tokenizer and settings are reused and new ones stored. Generation tasks run ``batch_size``
-    prompts per ``generate`` call (1: one at a time, e.g. under a KV-cache policy that is not batch-aware).
+    prompts per ``generate`` call (1: one at a time).
     """
     start = time.perf_counter()
     tasks, lengths = validate_tasks(tasks), _validate_lengths(lengths)

@@ -304,6 +304,46 @@ def _read_context_first(model: Any, policy: KVPolicy, cache: Cache, ids: torch.T
                 model(ids[:, i:i + 1], cache=cache, use_cache=True, logits_to_keep=1)
 
 
+def _generate_by_length(generate: Any, model: Any, policy: KVPolicy, ids: torch.Tensor | None,
+                        mask: torch.Tensor | None, extra: tuple, kwargs: dict) -> torch.Tensor:
+    """``generate`` on a left-padded batch (or, with per-head budgets, any batch of several rows) as the
+    unpadded batches of its equal-length rows (one row each with per-head budgets), returned as one batch would
+    be: the padded prompts, then each row's new tokens, right-filled with the pad token. Eviction never sees a
+    pad token and every row gets the continuation it gets alone."""
+    if ids is None or extra or kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None \
+            or kwargs.get("return_dict_in_generate") or kwargs.get("num_return_sequences", 1) != 1:
+        raise InputError("KV-cache compression splits a padded batch by prompt length, which needs input_ids and "
+                         "attention_mask only (no cache, inputs_embeds, return_dict_in_generate or "
+                         "num_return_sequences); generate one prompt at a time instead")
+    mask = torch.ones_like(ids) if mask is None else mask
+    lengths = mask.sum(dim=1)
+    width = ids.shape[1]
+    left = torch.arange(width, device=mask.device)[None, :] >= (width - lengths)[:, None]
+    if not torch.equal(mask.bool(), left):
+        raise InputError("KV-cache compression needs left padding (each attention_mask row zeros, then ones); "
+                         "pad on the left (tokenizer.padding_side = 'left') or generate one prompt at a time")
+    groups: dict[Any, list[int]] = {}
+    for row, n in enumerate(lengths.tolist()):
+        groups.setdefault(row if policy.per_head else n, []).append(row)
+    rest = {k: v for k, v in kwargs.items() if k not in ("input_ids", "attention_mask")}
+    new: dict[int, torch.Tensor] = {}
+    for rows in groups.values():
+        n = int(lengths[rows[0]])
+        sub = ids[rows, width - n:]
+        out = generate(input_ids=sub, attention_mask=torch.ones_like(sub), **rest)
+        new.update({row: out[i, n:] for i, row in enumerate(rows)})
+    pad = kwargs.get("pad_token_id", getattr(model.generation_config, "pad_token_id", None))
+    if pad is None:
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        pad = (eos[0] if isinstance(eos, (list, tuple)) else eos) or 0
+    result = torch.full((ids.shape[0], width + max(t.numel() for t in new.values())), int(pad), dtype=ids.dtype,
+                        device=ids.device)
+    result[:, :width] = ids
+    for row, tokens in new.items():
+        result[row, width:width + tokens.numel()] = tokens
+    return result
+
+
 @dataclass
 class _Attached:
     policy: KVPolicy
@@ -321,8 +361,9 @@ def attached_policy(model: Any) -> KVPolicy | None:
 
 def attach_kv(model: Any, policy: "str | KVPolicy | dict[str, Any] | None") -> KVPolicy | None:
     """From now on ``model.generate(...)`` compresses the KV cache after prefill with ``policy`` and decodes at
-    the original positions; ``None`` goes back to the full cache. Returns the policy it replaced. Batches
-    with left padding are refused (the eviction would mix pad and text positions)."""
+    the original positions; ``None`` goes back to the full cache. Returns the policy it replaced. A batch
+    with left padding is generated as the unpadded batches of its equal-length prompts, so eviction never
+    mixes pad and text positions (and, with per-head budgets, one prompt at a time)."""
     previous = _ATTACHED.pop(model, None)
     if previous is not None:
         previous.detach()
@@ -346,10 +387,11 @@ def attach_kv(model: Any, policy: "str | KVPolicy | dict[str, Any] | None") -> K
     own = model.__dict__.get("generate")  # a generate set on the instance before (kept as it was)
 
     def generate_with_cache(*args: Any, **kwargs: Any):
+        ids = args[0] if args else kwargs.get("input_ids")
         mask = kwargs.get("attention_mask")
-        if mask is not None and not bool(mask.all()):
-            raise InputError("KV-cache compression with a padded batch is not supported: generate one prompt at a "
-                             "time (or pass prompts of equal length without padding)")
+        padded = mask is not None and not bool(mask.all())
+        if padded or (policy.per_head and ids is not None and ids.shape[0] > 1):
+            return _generate_by_length(generate_with_cache, model, policy, ids, mask, args[1:], kwargs)
         if kwargs.get("past_key_values") is None and kwargs.get("cache") is None:
             kwargs["cache"] = policy.cache_for(model)
         if policy.tail:

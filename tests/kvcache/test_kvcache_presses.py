@@ -149,12 +149,48 @@ def test_a_policy_round_trips_through_json():
     assert policy.name == "snapkv:0.25,window=32" and KVPolicy.from_json(policy.to_json()) == policy
 
 
-def test_a_padded_batch_is_refused(model):
-    ids = torch.cat([IDS, IDS])
+def _counting_generate(model):
+    """Wrap ``model.generate`` (before a policy is attached) to record the batch size of each call."""
+    calls, inner = [], model.generate
+
+    def generate(*args, **kwargs):
+        ids = args[0] if args else kwargs["input_ids"]
+        calls.append(ids.shape[0])
+        return inner(*args, **kwargs)
+
+    model.generate = generate
+    return calls
+
+
+@pytest.mark.parametrize("spec, batches", [("snapkv:0.5,window=8", [2, 1]), ("ada-snapkv:0.5,window=8", [1, 1, 1])])
+def test_a_left_padded_batch_continues_as_each_prompt_alone(model, spec, batches):
+    """Equal-length prompts share one unpadded batch (per-head budgets: one prompt each); the result is laid out
+    as transformers lays out a padded batch: the padded prompts, then the new tokens."""
+    short = IDS[:, 8:]
+    ids = torch.cat([IDS, torch.cat([torch.zeros(1, 8, dtype=torch.long), short], dim=1), IDS.flip(1)])
     mask = torch.ones_like(ids)
-    mask[1, :3] = 0
-    with compress_kv(model, "snapkv:0.5"), pytest.raises(InputError, match="padded batch"):
-        model.generate(ids, attention_mask=mask, max_new_tokens=2, pad_token_id=0)
+    mask[1, :8] = 0
+    calls = _counting_generate(model)
+    with compress_kv(model, spec):
+        alone = [model.generate(p, max_new_tokens=4, do_sample=False, pad_token_id=0) for p in (IDS, short, IDS.flip(1))]
+        calls.clear()
+        batch = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert calls == batches
+    assert torch.equal(batch[:, :48], ids)
+    for row, single in enumerate(alone):
+        assert torch.equal(batch[row, 48:], single[0, single.shape[1] - 4:])
+
+
+def test_a_batch_kv_compression_cannot_split_is_refused(model):
+    ids = torch.cat([IDS, IDS])
+    right = torch.ones_like(ids)
+    right[1, -3:] = 0
+    with compress_kv(model, "snapkv:0.5"), pytest.raises(InputError, match="left padding"):
+        model.generate(ids, attention_mask=right, max_new_tokens=2, pad_token_id=0)
+    left = torch.ones_like(ids)
+    left[1, :3] = 0
+    with compress_kv(model, "snapkv:0.5"), pytest.raises(InputError, match="return_dict_in_generate"):
+        model.generate(ids, attention_mask=left, max_new_tokens=2, pad_token_id=0, return_dict_in_generate=True)
 
 
 def test_a_sliding_window_model_is_refused_and_a_press_must_score():
