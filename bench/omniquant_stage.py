@@ -8,7 +8,8 @@ time and does not depend on the end-to-end settings, so it runs once: ``--block-
 quantized with ``finetune_steps=0`` (made and saved there first if DIR does not exist, with ``--wbits`` /
 ``--group-size`` and the `cpu` preset). Each variant then loads it, runs the stage against the float
 parent as the preset would (`compresskit.api_passes.finetune_config`, with the variant's ``lr``,
-``repeat`` = ``finetune_retrieval_repeat``, ``mix`` = ``finetune_retrieval_mix``, ``steps``) and is
+``repeat`` = ``finetune_retrieval_repeat``, ``mix`` = ``finetune_retrieval_mix``, ``steps``,
+``seqlen`` = ``finetune_seqlen``) and is
 scored like bench/quality.py's rows: held-out and docs perplexity, passkey and ``--extra-tasks`` at
 ``--lengths``. ``none`` is the block-stage model itself. Rows run one after another in this process.
 Writes bench/results/omniquant_stage.{md,json}.
@@ -23,7 +24,8 @@ from pathlib import Path
 from _results import add_eval_options, gap_share, pin_docs, score_model, write_results  # bench/_results.py (run by path)
 
 KEYS = {"lr": ("finetune_lr", float), "repeat": ("finetune_retrieval_repeat", float),
-        "mix": ("finetune_retrieval_mix", float), "steps": ("finetune_steps", int)}
+        "mix": ("finetune_retrieval_mix", float), "steps": ("finetune_steps", int),
+        "seqlen": ("finetune_seqlen", int)}
 
 
 def parse_variant(spec: str) -> dict:

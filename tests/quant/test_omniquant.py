@@ -331,3 +331,9 @@ def test_the_end_to_end_stage_trains_the_scales_and_keeps_the_codes():
                                            finetune_retrieval_repeat=0.5)).retrieval_repeat == 0
     with pytest.raises(ConfigError, match="finetune_retrieval_repeat=1.5"):
         OmniQuantConfig(**{**SMALL, "finetune_retrieval_repeat": 1.5})
+    # the stage's windows: finetune_seqlen, capped at the model's context, half of it first
+    long = finetune_config(OmniQuantConfig(**SMALL, finetune_steps=8, finetune_seqlen=4096), context=8192)
+    assert (long.seqlen, long.seqlen_schedule) == (4096, (2048, 4096))
+    assert finetune_config(OmniQuantConfig(**SMALL, finetune_steps=8, finetune_seqlen=4096), context=2048).seqlen == 2048
+    with pytest.raises(ConfigError, match="finetune_seqlen=1024 must be >= 2048"):
+        OmniQuantConfig(**{**SMALL, "finetune_seqlen": 1024})

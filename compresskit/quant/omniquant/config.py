@@ -67,7 +67,8 @@ class OmniQuantConfig(CalibratedConfig):
       epochs (0: run every epoch, as published); the best epoch's parameters are kept either way.
     - ``finetune_steps``: after the blocks, this many steps of end-to-end distillation against the parent
       that train only the group scales (the integer codes stay; ``compresskit.distill`` with
-      ``quant_params_only``), at ``finetune_lr`` on windows of 1024 then 2048 tokens of ``calib``, with
+      ``quant_params_only``), at ``finetune_lr`` on windows of half then all of ``finetune_seqlen`` tokens
+      of ``calib`` (capped at the model's context), with
       ``finetune_retrieval_mix`` of them retrieval exercises (0: OmniQuant alone, as published),
       ``finetune_retrieval_repeat`` of those with a repeated haystack (compresskit.calib.retrieval). The
       compresskit API runs this stage; the manifest's report holds it as ``distillation``.
@@ -89,6 +90,7 @@ class OmniQuantConfig(CalibratedConfig):
     patience: int | None = None
     finetune_steps: int | None = None
     finetune_lr: float = 3e-3
+    finetune_seqlen: int = FINETUNE_CONTEXT
     finetune_retrieval_mix: float = 0.5
     finetune_retrieval_repeat: float = 0.5
 
@@ -154,6 +156,9 @@ class OmniQuantConfig(CalibratedConfig):
             raise ConfigError(f"clip_init={self.clip_init!r} is unknown; use {' or '.join(CLIP_INITS)}")
         if self.patience < 0:
             raise ConfigError(f"patience={self.patience} must be >= 0 (0: no early stopping)")
+        if self.finetune_seqlen < FINETUNE_CONTEXT:
+            raise ConfigError(f"finetune_seqlen={self.finetune_seqlen} must be >= {FINETUNE_CONTEXT} (the stage's "
+                              "windows hold retrieval exercises; finetune_steps=0 turns the stage off)")
         if (self.finetune_steps < 0 or self.finetune_lr <= 0 or not 0 <= self.finetune_retrieval_mix < 1
                 or not 0 <= self.finetune_retrieval_repeat <= 1):
             raise ConfigError(f"finetune_steps={self.finetune_steps} must be >= 0, finetune_lr={self.finetune_lr} > 0, "
