@@ -85,7 +85,7 @@ def evaluate(
         return _evaluate(model, tokenizer, tasks=s.tasks, lengths=s.lengths, text=text, ppl_windows=s.ppl_windows,
                          passkey_trials=s.passkey_trials, samples=s.samples, seed=s.seed,
                          longbench_path=s.longbench_path, longbench_limit=s.longbench_limit, cache=row_cache,
-                         batch_size=8, progress=progress)
+                         batch_size=1 if policy is not None else 8, progress=progress)
 
 
 def compare(parent: Any, child: Any, *, max_drop: float | None = None,

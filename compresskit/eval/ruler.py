@@ -10,6 +10,7 @@ Generation lives in :mod:`.ruler_data`.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -142,6 +143,11 @@ def score_sample(prediction: str, references: list[str]) -> float:
     return sum(r.lower() in pred for r in references) / len(references)
 
 
+def _all_found(references: list[str]) -> Callable[[str], bool]:
+    """True once every reference is in the text: string_match_all is then 1 and more text cannot change it."""
+    return lambda text: score_sample(text, references) == 1.0
+
+
 def ruler(
     model: Any,
     tokenizer: Any,
@@ -158,7 +164,8 @@ def ruler(
 
     Samples draw from ``random.Random(seed)``; NIAH sample ``i`` puts its needles at depth
     ``default_depths(samples)[i]`` (evenly spaced over [0, 1]). Each sample generates RULER's
-    per-task number of tokens, ``batch_size`` samples at a time (`generate_greedy`); ``progress`` gets the
+    per-task number of tokens, or fewer once every reference is in its text (the score cannot change then;
+    the kept prediction ends there), ``batch_size`` samples at a time (`generate_greedy`); ``progress`` gets the
     samples of each batch.
     """
     name = resolve_task(task)
@@ -169,7 +176,8 @@ def ruler(
     drawn = [ruler_sample(name, tokenizer, length, rng, haystack_text=haystack_text, depth=d) for d in depths]
     with eval_mode(model):
         predictions = generate_greedy(model, tokenizer, [s.prompt_ids for s in drawn], max_new_tokens(name),
-                                      batch_size=batch_size, progress=progress)
+                                      batch_size=batch_size, progress=progress,
+                                      settled=[_all_found(s.references) for s in drawn])
     trials = [RulerTrial(d, s.haystack, len(s.prompt_ids), s.references, p, score_sample(p, s.references))
               for d, s, p in zip(depths, drawn, predictions)]
     return RulerResult(name, length, 100.0 * sum(t.score for t in trials) / len(trials), trials)

@@ -311,10 +311,11 @@ def _generate_by_length(generate: Any, model: Any, policy: KVPolicy, ids: torch.
     be: the padded prompts, then each row's new tokens, right-filled with the pad token. Eviction never sees a
     pad token and every row gets the continuation it gets alone."""
     if ids is None or extra or kwargs.get("cache") is not None or kwargs.get("past_key_values") is not None \
-            or kwargs.get("return_dict_in_generate") or kwargs.get("num_return_sequences", 1) != 1:
+            or kwargs.get("return_dict_in_generate") or kwargs.get("num_return_sequences", 1) != 1 \
+            or kwargs.get("stopping_criteria"):
         raise InputError("KV-cache compression splits a padded batch by prompt length, which needs input_ids and "
-                         "attention_mask only (no cache, inputs_embeds, return_dict_in_generate or "
-                         "num_return_sequences); generate one prompt at a time instead")
+                         "attention_mask only (no cache, inputs_embeds, return_dict_in_generate, stopping_criteria "
+                         "or num_return_sequences); generate one prompt at a time instead")
     mask = torch.ones_like(ids) if mask is None else mask
     lengths = mask.sum(dim=1)
     width = ids.shape[1]

@@ -14,7 +14,7 @@ class FakeLM(torch.nn.Module):
         self.proj = torch.nn.Linear(1, 1)  # gives the module a device
         self.calls: list[dict] = []  # one per prompt
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id):
+    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id, stopping_criteria=None):
         answers = []
         for ids, mask in zip(input_ids, attention_mask):
             first = int(mask.argmax())  # left padding: pad tokens, masked, then the prompt

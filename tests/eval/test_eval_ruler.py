@@ -363,3 +363,13 @@ def test_tiny_model_end_to_end(tiny_llama, tiny_tokenizer):
     assert all(t["prompt_tokens"] <= 300 and t["haystack"] == "noise" and len(t["references"]) == 1
                for t in d["samples"])
     assert all(0.0 <= t["score"] <= 1.0 and isinstance(t["prediction"], str) for t in d["samples"])
+
+
+def test_a_sample_is_settled_once_every_reference_is_in_its_text():
+    from compresskit.eval.ruler import _all_found, score_sample
+
+    done = _all_found(["4711", "Blue-Whale"])
+    assert not done("The numbers are 4711 and")
+    assert done("The numbers are 4711 and blue-whale")  # case-insensitive, as the score
+    # settled means the score is 1 and stays 1 for any longer text
+    assert score_sample("The numbers are 4711 and blue-whale, then more", ["4711", "Blue-Whale"]) == 1.0
