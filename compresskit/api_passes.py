@@ -126,11 +126,12 @@ def run_omniquant(ctx: PassContext, config: OmniQuantConfig) -> dict[str, Any]:
 
 def finetune_config(config: OmniQuantConfig, context: int = 2048) -> DistillConfig:
     """The distillation that OmniQuant's end-to-end stage runs: group scales only, windows of half then all of
-    ``finetune_seqlen`` tokens (at most the model's ``context``) of the calibration source with retrieval exercises mixed in
-    (bench/results/distill.md's best W3 setting)."""
+    ``finetune_seqlen`` tokens (at most the model's ``context``) of the calibration source with retrieval
+    exercises mixed in (bench/results/distill.md's best W3 setting)."""
     steps = config.finetune_steps
     return DistillConfig(steps=steps, lr=config.finetune_lr, warmup_steps=min(2, steps // 4),
-                         seqlen=min(config.finetune_seqlen, context), seqlen_schedule=(0.5, 1.0) if steps >= 2 else (), quant_params_only=True,
+                         seqlen=min(config.finetune_seqlen, context),
+                         seqlen_schedule=(0.5, 1.0) if steps >= 2 else (), quant_params_only=True,
                          retrieval_mix=config.finetune_retrieval_mix,
                          retrieval_repeat=config.finetune_retrieval_repeat if config.finetune_retrieval_mix else 0.0,
                          data=config.calib, seed=config.seed)

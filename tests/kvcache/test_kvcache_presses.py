@@ -172,7 +172,8 @@ def test_a_left_padded_batch_continues_as_each_prompt_alone(model, spec, batches
     mask[1, :8] = 0
     calls = _counting_generate(model)
     with compress_kv(model, spec):
-        alone = [model.generate(p, max_new_tokens=4, do_sample=False, pad_token_id=0) for p in (IDS, short, IDS.flip(1))]
+        alone = [model.generate(p, max_new_tokens=4, do_sample=False, pad_token_id=0)
+                 for p in (IDS, short, IDS.flip(1))]
         calls.clear()
         batch = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert calls == batches
