@@ -73,13 +73,14 @@ def run(args) -> list[dict]:
         if fields:
             parent, _ = compresskit.load_model(args.model)
             config = OmniQuantConfig(wbits=args.wbits, group_size=args.group_size, calib="builtin", seed=args.seed,
-                                     preset="cpu", **{"finetune_steps": 40, **fields})
+                                     preset="cpu", **fields)  # unset fields: the preset's (40 steps ...)
             stage = finetune_config(config, parent.config.max_position_embeddings)
             t0 = time.perf_counter()
             distill(model, parent, stage, tokenizer=tok)
             seconds = time.perf_counter() - t0
             del parent
-            fields = {"lr": stage.lr, "repeat": stage.retrieval_repeat, "mix": stage.retrieval_mix, "steps": stage.steps}
+            fields = {"lr": stage.lr, "repeat": stage.retrieval_repeat, "mix": stage.retrieval_mix, "steps": stage.steps,
+                      "seqlen": stage.seqlen}
         rows.append({"variant": spec.strip(), "settings": fields, "stage_s": round(seconds), "scores": score_model(model, tok, args)[0]})
         print(rows[-1], flush=True)
     return rows
