@@ -77,8 +77,61 @@ def no_progress_bars() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextmanager
+def parsed_once() -> Iterator[None]:
+    """While the body runs, the ``gguf`` package parses each file once and builds each tensor-name map once.
+
+    transformers reads a GGUF file's header three times for one conversion (tokenizer, config, weights),
+    and rebuilds the same name map for each of the model's ~400 modules: about 10 of the first run's
+    ~17 s on a 2-core CPU. The readers it gets here are the same objects (read-only memory maps) for the
+    same path; outside the block nothing is cached. Where the ``gguf`` package lacks either name, it runs
+    as it is. transformers' tensor-conversion bar (plain tqdm, which its progress-bar switch does not
+    reach) is silent meanwhile too: it would interleave with the caller's display."""
+    import gguf as gguf_pkg
+    from transformers import modeling_gguf_pytorch_utils as hf_gguf
+
+    names = [n for n in ("GGUFReader", "get_tensor_name_map") if callable(getattr(gguf_pkg, n, None))]
+    real = {n: getattr(gguf_pkg, n) for n in names}
+    readers: dict = {}
+    maps: dict = {}
+
+    def reader(path, mode="r"):
+        key = (str(Path(path).resolve()), mode)
+        if key not in readers:
+            readers[key] = real["GGUFReader"](path, mode)
+        return readers[key]
+
+    def name_map(arch, n_blocks):
+        if (arch, n_blocks) not in maps:
+            maps[arch, n_blocks] = real["get_tensor_name_map"](arch, n_blocks)
+        return maps[arch, n_blocks]
+
+    patched = {"GGUFReader": reader, "get_tensor_name_map": name_map}
+    bar = getattr(hf_gguf, "tqdm", None)
+    try:
+        for n in names:
+            setattr(gguf_pkg, n, patched[n])
+        if bar is not None:
+            hf_gguf.tqdm = _no_bar
+        yield
+    finally:
+        for n in names:
+            setattr(gguf_pkg, n, real[n])
+        if bar is not None:
+            hf_gguf.tqdm = bar
+
+
+def _no_bar(iterable=None, *args, **kwargs):
+    return iterable
+
+
 def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype = torch.bfloat16) -> None:
     """Convert a GGUF file into an HF checkpoint directory (atomically)."""
+    with parsed_once():
+        _convert_gguf(gguf, out, dtype)
+
+
+def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

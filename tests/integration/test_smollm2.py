@@ -45,6 +45,18 @@ def test_embedded_model_is_a_plain_bf16_llama_checkpoint():
     assert embedded_path("smollm2-135m") == path  # cached, not converted again
 
 
+def test_converting_with_one_parse_writes_the_files_transformers_alone_writes(tmp_path):
+    from compresskit.models.embedded import EMBEDDED, _convert_gguf, convert_gguf, gguf_path
+
+    gguf = gguf_path(EMBEDDED["smollm2-135m"])
+    convert_gguf(gguf, tmp_path / "once")  # the GGUF parsed once (compresskit's path)
+    _convert_gguf(gguf, tmp_path / "plain", torch.bfloat16)  # transformers as it is: three parses
+    names = sorted(f.name for f in (tmp_path / "plain").iterdir())
+    assert names == sorted(f.name for f in (tmp_path / "once").iterdir()) and "model.safetensors" in names
+    for name in names:
+        assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+
+
 def test_cli_rtn_w4g64_saves_a_third_of_bf16_and_reloads_with_identical_logits(tmp_path, fp_model):
     out = tmp_path / "w4g64"
     result = CliRunner().invoke(app, ["quantize", "smollm2-135m", "--wbits", "4", "--group-size", "64",
