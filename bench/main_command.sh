@@ -30,10 +30,14 @@ for i in $(seq "$repeats"); do
     echo "$side $i $(echo "$end - $start" | bc)" | tee -a "$work/times"
   done
 done
+for side in old new; do  # the score table each commit printed (its last run)
+  sed -n '/┏/,/┘/p' "$work/$side.$repeats.log" > "$work/$side.table"
+done
 python3 - "$work/times" "$old" "$new" "$(git -C "$work/old" rev-parse --short HEAD)" \
   "$(git -C "$work/new" rev-parse --short HEAD)" "$repo/bench/results/main_command" <<'EOF'
-import json, statistics, sys
+import json, os, statistics, sys
 times, old, new, old_sha, new_sha, out = sys.argv[1:]
+tables = {side: open(os.path.join(os.path.dirname(times), side + ".table")).read() for side in ("old", "new")}
 runs = {"old": [], "new": []}
 for line in open(times):
     side, _, seconds = line.split()
@@ -45,8 +49,10 @@ md = (f"The README's main command (`compresskit quantize smollm2-135m --method r
       f"| commit | runs (s) | median s |\n|---|---|---|\n"
       f"| {old} ({old_sha}) | {', '.join(f'{t:.0f}' for t in runs['old'])} | {med['old']:.0f} |\n"
       f"| {new} ({new_sha}) | {', '.join(f'{t:.0f}' for t in runs['new'])} | {med['new']:.0f} |\n\n"
-      f"speedup (median old / median new): {med['old'] / med['new']:.2f}x\n")
+      f"speedup (median old / median new): {med['old'] / med['new']:.2f}x\n\n"
+      f"Scores printed by each commit's last run:\n\n```\n{old}\n{tables['old']}\n{new}\n{tables['new']}```\n")
 print(md)
 open(out + ".md", "w").write(md)
-json.dump({"old": old, "old_sha": old_sha, "new": new, "new_sha": new_sha, "seconds": runs, "median": med}, open(out + ".json", "w"), indent=2)
+json.dump({"old": old, "old_sha": old_sha, "new": new, "new_sha": new_sha, "seconds": runs, "median": med,
+           "tables": tables}, open(out + ".json", "w"), indent=2)
 EOF
