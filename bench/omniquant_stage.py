@@ -5,13 +5,14 @@
 
 The block stage (LWC from the clipping search, a few epochs per block) takes most of the `cpu` preset's
 time and does not depend on the end-to-end settings, so it runs once: ``--block-model DIR`` is a model
-quantized with ``finetune_steps=0`` (made and saved there first if DIR does not exist, with ``--wbits`` /
-``--group-size`` and the `cpu` preset). Each variant then loads it, runs the stage against the float
-parent as the preset would (`compresskit.api_passes.finetune_config`, with the variant's ``lr``,
-``repeat`` = ``finetune_retrieval_repeat``, ``mix`` = ``finetune_retrieval_mix``, ``steps``,
-``seqlen`` = ``finetune_seqlen``) and is
-scored like bench/quality.py's rows: held-out and docs perplexity, passkey and ``--extra-tasks`` at
-``--lengths``. ``none`` is the block-stage model itself. Rows run one after another in this process.
+quantized with ``finetune_steps=0`` (made and saved there first if DIR does not exist, with ``--wbits``,
+``--group-size``, ``--block-mix`` (the block stage's ``retrieval_mix``) and the `cpu` preset). Each
+variant then loads it, runs the stage against the float parent as the preset would
+(`compresskit.api_passes.finetune_config`, with the variant's ``lr``, ``repeat`` =
+``finetune_retrieval_repeat``, ``mix`` = ``finetune_retrieval_mix``, ``steps``, ``seqlen`` =
+``finetune_seqlen``) and is scored like bench/quality.py's rows: held-out and docs perplexity, passkey
+and ``--extra-tasks`` at ``--lengths``. ``none`` is the block-stage model itself. Rows run one after
+another in this process.
 Writes bench/results/omniquant_stage.{md,json}.
 """
 from __future__ import annotations
@@ -52,7 +53,8 @@ def block_model(args):
         model, tok = compresskit.load_model(args.model)
         t0 = time.perf_counter()
         compresskit.quantize(model, OmniQuantConfig(wbits=args.wbits, group_size=args.group_size, embed_bits=16,
-                                                    calib="builtin", seed=args.seed, preset="cpu", finetune_steps=0),
+                                                    calib="builtin", seed=args.seed, preset="cpu", finetune_steps=0,
+                                                    retrieval_mix=args.block_mix),
                              tokenizer=tok)
         print(f"block stage: {time.perf_counter() - t0:.0f} s", flush=True)
         compresskit.save(model, tok, path)
@@ -100,8 +102,9 @@ def write(rows: list[dict], args) -> None:
                          ((ppl, args.fp_ppl[0], args.rtn_ppl[0]), (docs, args.fp_ppl[1], args.rtn_ppl[1])))
         lines.append("| " + " | ".join([r["variant"], f"{ppl:.2f}{gaps[0]}", f"{docs:.2f}{gaps[1]}"]
                                       + [f"{s[k]:.0f}%" for k in keys] + [str(r["stage_s"])]) + " |")
+    mix = "" if args.block_mix is None else f", retrieval_mix={args.block_mix} when it was made here"
     settings = (f"block-stage model {Path(args.block_model).name} (W{args.wbits} g{args.group_size}, `cpu` preset with "
-                f"finetune_steps=0); each variant: 40 end-to-end steps unless it sets steps; perplexity over "
+                f"finetune_steps=0{mix}); each variant: 40 end-to-end steps unless it sets steps; perplexity over "
                 f"{args.ppl_windows} windows of the held-out split and of the docs text (sha256 {args.docs_sha256}); "
                 f"passkey and {args.extra_tasks or 'no other tasks'}: {args.passkey_trials} trials per length"
                 + (f"; in brackets the share of RTN's log-perplexity gap closed (fp {args.fp_ppl}, RTN {args.rtn_ppl})"
@@ -114,6 +117,8 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--block-model", required=True, help="the saved block-stage model (made there if missing)")
     ap.add_argument("--wbits", type=int, default=4)
+    ap.add_argument("--block-mix", type=float, default=None,
+                    help="retrieval_mix of the block stage when the block model is made (default: the preset's)")
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--variants", default="none;lr=1e-2,repeat=0;lr=1e-2,repeat=0.5;lr=3e-3,repeat=0;lr=3e-3,repeat=0.5")
     ap.add_argument("--extra-tasks", default="niah_multikey_1")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 from .api_distill import check_distill, check_distill_dependencies, distill
@@ -113,6 +114,8 @@ def run_omniquant(ctx: PassContext, config: OmniQuantConfig) -> dict[str, Any]:
         ctx.note(f"omniquant: the {config.preset} preset for a model on {next(ctx.model.parameters()).device.type}: "
                  f"{config.settings_line()}{hint}")
     ids = _calibration(ctx, config)
+    if config.retrieval_mix:
+        ids = _with_retrieval(ctx, ids, config)
     state = None if ctx.state_dir is None else str(ctx.state_dir)
     # the end-to-end stage learns from the parent: the teacher given, else the model before quantization
     parent = (ctx.teacher or copy.deepcopy(ctx.model)) if config.finetune_steps else None
@@ -122,6 +125,16 @@ def run_omniquant(ctx: PassContext, config: OmniQuantConfig) -> dict[str, Any]:
         # recorded by distill itself: a distill pass in the record, report.distillation in the manifest
         distill(ctx.model, parent, finetune_config(config, context), tokenizer=ctx.tokenizer, progress=ctx.progress)
     return summary
+
+
+def _with_retrieval(ctx: PassContext, ids: torch.Tensor, config: OmniQuantConfig) -> torch.Tensor:
+    """The block stage's windows with ``config.retrieval_mix`` of them made retrieval exercises."""
+    from .calib.retrieval import with_retrieval  # the data modules load when data is first needed
+
+    if ctx.tokenizer is None:
+        raise InputError("retrieval_mix writes its facts and questions as text: quantize(..., tokenizer=tok), "
+                         "or retrieval_mix=0")
+    return with_retrieval(ctx.tokenizer, ids, config.retrieval_mix, seed=config.seed, repeat=config.retrieval_repeat)
 
 
 def finetune_config(config: OmniQuantConfig, context: int = 2048) -> DistillConfig:

@@ -3,6 +3,7 @@ weight-activation, resume, NaN recovery and determinism."""
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from torch.func import functional_call
 import compresskit
 from compresskit.core.arch import get_arch, get_module
 from compresskit.core.config import ConfigError, QuantConfig
+from compresskit.core.errors import InputError
 from compresskit.quant.omniquant import OmniQuantConfig
 from compresskit.core.manifest import LinearEntry
 from compresskit.core.quant_math import dequantize
@@ -337,3 +339,37 @@ def test_the_end_to_end_stage_trains_the_scales_and_keeps_the_codes():
     assert finetune_config(OmniQuantConfig(**SMALL, finetune_steps=8, finetune_seqlen=4096), context=2048).seqlen == 2048
     with pytest.raises(ConfigError, match="finetune_seqlen=1024 must be >= 2048"):
         OmniQuantConfig(**{**SMALL, "finetune_seqlen": 1024})
+
+
+def test_retrieval_mix_turns_that_share_of_the_block_stage_windows_into_exercises(monkeypatch):
+    from compresskit import api_passes
+    from compresskit.api_models import calibration_ids
+    from compresskit.calib.retrieval import with_retrieval
+
+    model, tok = make_tiny_model("llama"), make_tiny_tokenizer()
+    seen = []
+
+    def capture(model, config, ids, **kwargs):  # the block stage itself is tested above: only its windows here
+        seen.append(ids)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(api_passes, "quantize_omniquant", capture)
+    cfg = OmniQuantConfig(**{**SMALL, "nsamples": 4, "seqlen": 512, "calib": "builtin", "finetune_steps": 0,
+                             "retrieval_mix": 0.5})
+    for config in (cfg, replace(cfg, retrieval_mix=0.0)):
+        with pytest.raises(RuntimeError, match="captured"):
+            compresskit.quantize(model, config, tokenizer=tok)
+    plain = calibration_ids(model, tok, cfg)
+    assert torch.equal(seen[1], plain)  # no mix: the windows as drawn
+    assert torch.equal(seen[0], with_retrieval(tok, plain, 0.5, seed=cfg.seed, repeat=cfg.retrieval_repeat))
+    changed = [i for i in range(4) if not torch.equal(seen[0][i], plain[i])]
+    assert len(changed) == 2 and seen[0].shape == plain.shape
+    question = tok("Question:", add_special_tokens=False)["input_ids"]
+    for i in changed:  # each exercise ends in its questions and answers
+        row = seen[0][i].tolist()
+        assert any(row[j:j + len(question)] == question for j in range(len(row) - 200, len(row)))
+    with pytest.raises(InputError, match="retrieval_mix writes its facts.*tokenizer"):
+        compresskit.quantize(model, cfg, calib=plain)
+    with pytest.raises(ConfigError, match="retrieval_mix=1.5"):
+        OmniQuantConfig(**{**SMALL, "retrieval_mix": 1.5})
+    assert OmniQuantConfig(wbits=3, preset="published").retrieval_mix == 0.0

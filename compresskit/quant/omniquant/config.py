@@ -11,7 +11,7 @@ from ...core.errors import ConfigError
 CLIP_INITS = ("constant", "search")
 LINEAR_ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # fields of ArchSpec
 PRESETS = ("auto", "published", "cpu")
-PRESET_FIELDS = ("nsamples", "seqlen", "epochs", "clip_init", "patience", "finetune_steps")
+PRESET_FIELDS = ("nsamples", "seqlen", "epochs", "clip_init", "patience", "retrieval_mix", "finetune_steps")
 
 
 def preset_values(preset: str, wbits: int, abits: int = 16) -> dict[str, Any]:
@@ -26,14 +26,15 @@ def preset_values(preset: str, wbits: int, abits: int = 16) -> dict[str, Any]:
     """
     if preset == "published":
         return dict(nsamples=128, seqlen=2048, epochs=40 if wbits == 2 else 20, clip_init="constant", patience=0,
-                    finetune_steps=0)
+                    retrieval_mix=0.0, finetune_steps=0)
     if preset == "cpu":
         return dict(nsamples=CPU_NSAMPLES, seqlen=CPU_SEQLEN, epochs=CPU_EPOCHS, clip_init="search", patience=2,
-                    finetune_steps=CPU_FINETUNE_STEPS if abits >= 16 else 0)
+                    retrieval_mix=CPU_RETRIEVAL_MIX, finetune_steps=CPU_FINETUNE_STEPS if abits >= 16 else 0)
     raise ConfigError(f"preset={preset!r} is unknown; use {', '.join(PRESETS)}")
 
 
 CPU_NSAMPLES, CPU_SEQLEN, CPU_EPOCHS, CPU_FINETUNE_STEPS = 16, 2048, 5, 40
+CPU_RETRIEVAL_MIX = 0.0
 FINETUNE_CONTEXT = 2048  # the end-to-end stage's longest windows
 
 
@@ -63,6 +64,11 @@ class OmniQuantConfig(CalibratedConfig):
       them) that the search leaves at the constant start: by default v_proj. Searched clipping of the values
       costs retrieval (SmolLM2-135M W4 g64: passkey at 2K / 4K 70% / 30% searched everywhere, 100% / 100%
       with v_proj skipped, at a lower perplexity; docs/quantization.md).
+    - ``retrieval_mix``: the share of the block stage's calibration windows made retrieval exercises
+      (facts hidden in the window and asked for at its end, `compresskit.calib.retrieval.with_retrieval`),
+      ``retrieval_repeat`` of those with a repeated haystack: the blocks then learn on attention that
+      copies from far back, which plain prose rarely exercises (published: 0). Needs the tokenizer and
+      windows of a few hundred tokens at least.
     - ``patience``: stop a block's training when its epoch loss has not fallen by 0.1% for this many
       epochs (0: run every epoch, as published); the best epoch's parameters are kept either way.
     - ``finetune_steps``: after the blocks, this many steps of end-to-end distillation against the parent
@@ -88,6 +94,8 @@ class OmniQuantConfig(CalibratedConfig):
     clip_init: str | None = None
     clip_search_skip: tuple[str, ...] = ("v_proj",)
     patience: int | None = None
+    retrieval_mix: float | None = None
+    retrieval_repeat: float = 0.5
     finetune_steps: int | None = None
     finetune_lr: float = 3e-3
     finetune_seqlen: int = FINETUNE_CONTEXT
@@ -133,7 +141,8 @@ class OmniQuantConfig(CalibratedConfig):
     def settings_line(self) -> str:
         """The calibration settings in words (e.g. for a note of which preset ran)."""
         start = "the search" if self.clip_init == "search" else "4.0"
-        return (f"{self.nsamples} x {self.seqlen} calibration tokens, {self.epochs} epochs per block (patience "
+        mix = f" ({self.retrieval_mix:.0%} retrieval exercises)" if self.retrieval_mix else ""
+        return (f"{self.nsamples} x {self.seqlen} calibration tokens{mix}, {self.epochs} epochs per block (patience "
                 f"{self.patience}), clipping from {start}, {self.finetune_steps} end-to-end steps")
 
     @classmethod
@@ -156,6 +165,9 @@ class OmniQuantConfig(CalibratedConfig):
             raise ConfigError(f"clip_init={self.clip_init!r} is unknown; use {' or '.join(CLIP_INITS)}")
         if self.patience < 0:
             raise ConfigError(f"patience={self.patience} must be >= 0 (0: no early stopping)")
+        if not 0 <= self.retrieval_mix <= 1 or not 0 <= self.retrieval_repeat <= 1:
+            raise ConfigError(f"retrieval_mix={self.retrieval_mix} and retrieval_repeat={self.retrieval_repeat} are "
+                              "shares of the calibration windows: use values in [0, 1]")
         if self.finetune_seqlen < FINETUNE_CONTEXT:
             raise ConfigError(f"finetune_seqlen={self.finetune_seqlen} must be >= {FINETUNE_CONTEXT} (the stage's "
                               "windows hold retrieval exercises; finetune_steps=0 turns the stage off)")
