@@ -75,7 +75,7 @@ def run(args) -> list[dict]:
         if fields:
             parent, _ = compresskit.load_model(args.model)
             config = OmniQuantConfig(wbits=args.wbits, group_size=args.group_size, calib="builtin", seed=args.seed,
-                                     preset="cpu", **fields)  # unset fields: the preset's (40 steps ...)
+                                     preset="cpu", **fields)  # unset fields: the preset's (its steps ...)
             stage = finetune_config(config, parent.config.max_position_embeddings)
             t0 = time.perf_counter()
             distill(model, parent, stage, tokenizer=tok)
@@ -104,7 +104,7 @@ def write(rows: list[dict], args) -> None:
                                       + [f"{s[k]:.0f}%" for k in keys] + [str(r["stage_s"])]) + " |")
     mix = "" if args.block_mix is None else f", retrieval_mix={args.block_mix} when it was made here"
     settings = (f"block-stage model {Path(args.block_model).name} (W{args.wbits} g{args.group_size}, `cpu` preset with "
-                f"finetune_steps=0{mix}); each variant: 40 end-to-end steps unless it sets steps; perplexity over "
+                f"finetune_steps=0{mix}); each variant: the preset's end-to-end steps unless it sets steps; perplexity over "
                 f"{args.ppl_windows} windows of the held-out split and of the docs text (sha256 {args.docs_sha256}); "
                 f"passkey and {args.extra_tasks or 'no other tasks'}: {args.passkey_trials} trials per length"
                 + (f"; in brackets the share of RTN's log-perplexity gap closed (fp {args.fp_ppl}, RTN {args.rtn_ppl})"

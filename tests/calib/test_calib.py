@@ -148,6 +148,16 @@ def test_builtin_splits_nonempty_and_disjoint() -> None:
         builtin_texts("test")  # type: ignore[arg-type]
 
 
+def test_every_shipped_document_is_on_record_and_no_paragraph_is_in_both_splits() -> None:
+    readme = (DATA_DIR / "README.md").read_text(encoding="utf-8")
+    for split in ("train", "heldout"):
+        for path in (DATA_DIR / split).glob("*.txt"):
+            assert f"`{path.name}` | {split} |" in readme, f"{path.name} is not listed in calib/data/README.md"
+    paragraphs = {split: {p.strip() for t in builtin_texts(split) for p in t.split("\n\n") if len(p.strip()) > 80}
+                  for split in ("train", "heldout")}
+    assert len(paragraphs["train"]) > 500 and not paragraphs["train"] & paragraphs["heldout"]
+
+
 def test_build_samples_builtin(tiny_tokenizer) -> None:
     x = build_samples(tiny_tokenizer, "builtin", nsamples=4, seqlen=64, seed=0)
     assert x.shape == (4, 64) and x.dtype == torch.long

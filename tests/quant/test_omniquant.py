@@ -321,7 +321,16 @@ def test_the_end_to_end_stage_trains_the_scales_and_keeps_the_codes():
     a, t = alone.get_submodule(name), tuned.get_submodule(name)
     assert torch.equal(a.qweight, t.qweight) and torch.equal(a.qzeros, t.qzeros)  # the codes stay
     assert not torch.equal(a.scales, t.scales)  # the scales learned
-    assert stage["kl_last"] < stage["kl_first"]
+    # closer to the parent than the block stage alone, on text neither stage saw (the report's first and last
+    # KL are of different batches: too noisy a check for 3 steps)
+    ids = tok(compresskit.api.heldout_text()[:3000], return_tensors="pt").input_ids[:, :128]
+
+    def kl_to_parent(m):
+        with torch.no_grad():
+            p, q = model(ids).logits.log_softmax(-1), m(ids).logits.log_softmax(-1)
+        return float((p.exp() * (p - q)).sum(-1).mean())
+
+    assert kl_to_parent(tuned) < kl_to_parent(alone)
     with pytest.raises(ConfigError, match="finetune_steps=-1"):
         OmniQuantConfig(**{**SMALL, "finetune_steps": -1})
     # the stage's distillation settings come from the finetune_* fields

@@ -33,7 +33,7 @@ def preset_values(preset: str, wbits: int, abits: int = 16) -> dict[str, Any]:
     raise ConfigError(f"preset={preset!r} is unknown; use {', '.join(PRESETS)}")
 
 
-CPU_NSAMPLES, CPU_SEQLEN, CPU_EPOCHS, CPU_FINETUNE_STEPS = 16, 2048, 5, 40
+CPU_NSAMPLES, CPU_SEQLEN, CPU_EPOCHS, CPU_FINETUNE_STEPS = 16, 2048, 5, 80
 CPU_RETRIEVAL_MIX = 0.0
 FINETUNE_CONTEXT = 2048  # the end-to-end stage's longest windows
 
