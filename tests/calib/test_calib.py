@@ -150,7 +150,7 @@ def test_builtin_splits_nonempty_and_disjoint() -> None:
 
 def test_every_shipped_document_is_on_record_and_no_paragraph_is_in_both_splits() -> None:
     readme = (DATA_DIR / "README.md").read_text(encoding="utf-8")
-    for split in ("train", "heldout"):
+    for split in ("train", "heldout", "candidates"):
         for path in (DATA_DIR / split).glob("*.txt"):
             assert f"`{path.name}` | {split} |" in readme, f"{path.name} is not listed in calib/data/README.md"
     paragraphs = {split: {p.strip() for t in builtin_texts(split) for p in t.split("\n\n") if len(p.strip()) > 80}

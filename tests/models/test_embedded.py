@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gguf
 import numpy as np
+import pytest
 from transformers import modeling_gguf_pytorch_utils as hf_gguf
 
 from compresskit.models.embedded import parsed_once
@@ -40,9 +41,6 @@ def test_a_file_is_parsed_once_inside_the_block_and_nothing_is_kept_after(tmp_pa
 
 def test_the_originals_come_back_when_the_body_raises(tmp_path):
     real = (gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.tqdm)
-    try:
-        with parsed_once():
-            raise KeyError("boom")
-    except KeyError:
-        pass
+    with pytest.raises(KeyError, match="boom"), parsed_once():
+        raise KeyError("boom")
     assert (gguf.GGUFReader, gguf.get_tensor_name_map, hf_gguf.tqdm) == real
