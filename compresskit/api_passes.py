@@ -129,7 +129,7 @@ def run_omniquant(ctx: PassContext, config: OmniQuantConfig) -> dict[str, Any]:
 
 def _with_retrieval(ctx: PassContext, ids: torch.Tensor, config: OmniQuantConfig) -> torch.Tensor:
     """The block stage's windows with ``config.retrieval_mix`` of them made retrieval exercises."""
-    from .calib.retrieval import with_retrieval  # the data modules load when data is first needed
+    from .calib import with_retrieval  # the data modules load when data is first needed
 
     if ctx.tokenizer is None:
         raise InputError("retrieval_mix writes its facts and questions as text: quantize(..., tokenizer=tok), "
