@@ -85,6 +85,8 @@ def run_one(args: argparse.Namespace) -> dict:
     calib_s = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    if args.save_models and method != "fp":  # kept for later scoring (more trials, other tasks) without recalibrating
+        compresskit.save(model, tok, Path(args.save_models) / f"{name}-{method}")
     scores, eval_s = score_model(model, tok, args)
     return {"method": method, "config": name, "calib_s": calib_s, "peak_bytes": peak, "device": device,
             "scores": scores, "eval_s": eval_s}
@@ -117,6 +119,8 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=20, help="end-to-end steps of omniquant_e2e")
     ap.add_argument("--extra-tasks", default="", help="comma-separated evaluation tasks scored at every length "
                     "besides ppl and passkey, e.g. niah_single_1,niah_multikey_1 (samples = --passkey-trials)")
+    ap.add_argument("--save-models", help="save each quantized row's model to DIR/CONFIG-METHOD (compresskit.save; "
+                    "an existing one is an error), to score it again later without recalibrating")
     add_eval_options(ap, Path(__file__).parent / "results" / "quality")
     args = ap.parse_args()
     if handled(args, run_one, _merge):
@@ -168,7 +172,7 @@ def _forward(args) -> list[str]:
            "--lengths", ",".join(map(str, args.lengths)), "--ppl-windows", str(args.ppl_windows),
            "--passkey-trials", str(args.passkey_trials), "--seed", str(args.seed)]
     out += ["--finetune-steps", str(args.finetune_steps), "--extra-tasks", args.extra_tasks,
-            "--docs-file", args.docs_file]
+            "--docs-file", args.docs_file] + (["--save-models", args.save_models] if args.save_models else [])
     return out + (["--epochs", str(args.epochs)] if args.epochs is not None else [])
 
 
@@ -216,9 +220,12 @@ def _write(rows: list[dict], args, cuda: bool) -> None:
             if closed:
                 lines.append("")
                 lines.append(f"share of RTN's log-perplexity gap closed on the {what}, (log rtn - log method) / "
-                             "(log rtn - log fp): " + ", ".join(f"{k} {v:.0%}" for k, v in closed.items()))
+                             "(log rtn - log fp): " + ", ".join(f"{k} {v:.1%}" for k, v in closed.items()))
+    preset = (" (omniquant_default rows: the device's preset and its own calibration settings instead)"
+              if any(r["method"] == "omniquant_default" for r in rows) else "")
     settings = (f"device {'cuda' if cuda else 'cpu'}; calibration {args.nsamples} x {args.seqlen} tokens from the "
-                f"shipped train split, epochs {args.epochs if args.epochs is not None else '20 (40 for W2)'}; "
+                f"shipped train split, epochs {args.epochs if args.epochs is not None else '20 (40 for W2)'}"
+                f"{preset}; "
                 f"perplexity over {args.ppl_windows} windows of the held-out split and of docs/*.md (text of another kind; "
                 f"sha256 {getattr(args, 'docs_sha256', None) or 'not recorded'}); passkey {args.passkey_trials} trials per length; "
                 "embeddings kept in float for every method; W-A activations simulated.")
