@@ -7,6 +7,8 @@ calibration windows, same evaluation.
 Rows (W4 g64 and W3 g64, asymmetric where the method allows, embeddings kept float):
   fp, rtn, gptq, gptq_act, gptq_gar compresskit itself, run with this interpreter (``--main-python``);
                                     gptq_gar: act_group_aware (group-aware reordering, as GPTQModel's default)
+  omniquant_default                 compresskit's OmniQuant `cpu` preset, loaded from the checkpoint that
+                                    ``bench/quality.py --save-models DIR`` saved (``--saved-models DIR``)
   gptqmodel                         GPTQModel's GPTQ, desc_act=False (its default: group-aware reordering on)
   gptqmodel_plain                   the same with act_group_aware=False: the plain GPTQ column order
   gptqmodel_act                     desc_act=True (act-order, dynamic groups through g_idx)
@@ -38,7 +40,7 @@ from pathlib import Path
 from _results import add_eval_options, handled, gap_share, pin_docs, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {"w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64)}
-OURS = ("fp", "rtn", "gptq", "gptq_act", "gptq_gar")
+OURS = ("fp", "rtn", "gptq", "gptq_act", "gptq_gar", "omniquant_default")
 PEERS = ("gptqmodel", "gptqmodel_plain", "gptqmodel_act", "hqq", "nf4")
 ORDER = OURS + PEERS
 ONLY_W4 = ("nf4",)
@@ -48,6 +50,10 @@ NOTES = {
     "gptq": "compresskit GPTQ (asym, damp 0.01)",
     "gptq_act": "compresskit GPTQ act-order, static groups",
     "gptq_gar": "compresskit GPTQ act_group_aware (group-aware reordering, per-group parameters when reached)",
+    "omniquant_default": "compresskit OmniQuant as `compresskit quantize --method omniquant` runs it on a CPU (the `cpu` "
+                         "preset: its own 16 x 2048 calibration tokens, clipping search, block stage, end-to-end stage), "
+                         "calibrated by `bench/quality.py --save-models` and loaded from that checkpoint (fp16 scales); "
+                         "quant s: the calibration seconds its report records (2 threads); peak: see that run",
     "gptqmodel": "GPTQModel GPTQ desc_act=False (default act_group_aware=True), asym, damp {damp}; dequantized from its packed TorchLinear after its loader's v1->v2 qzeros conversion (fp16 scales)",
     "gptqmodel_plain": "GPTQModel GPTQ desc_act=False, act_group_aware=False, asym, damp {damp}; dequantized from its packed TorchLinear after its loader's v1->v2 qzeros conversion (fp16 scales)",
     "gptqmodel_act": "GPTQModel GPTQ desc_act=True, asym, damp {damp}; dequantized from its packed TorchLinear after its loader's v1->v2 qzeros conversion (fp16 scales, g_idx)",
@@ -103,6 +109,8 @@ def _ours(method: str, cfg: dict, args):
     model, tok = compresskit.load_model(args.model, device="cpu")
     torch.manual_seed(args.seed)
     base = dict(cfg, embed_bits=16)
+    if method == "omniquant_default":
+        return _saved(method, cfg, args)
     t0 = time.perf_counter()
     if method == "rtn":
         compresskit.quantize(model, QuantConfig(**base))
@@ -111,6 +119,22 @@ def _ours(method: str, cfg: dict, args):
                                                seed=args.seed, act_order=method == "gptq_act",
                                                act_group_aware=method == "gptq_gar"), tokenizer=tok)
     return model, tok, time.perf_counter() - t0, _peak()
+
+
+def _saved(method: str, cfg: dict, args):
+    """A model that `bench/quality.py --save-models DIR` calibrated, loaded back; the calibration seconds its
+    report records (block stage and end-to-end stage)."""
+    import compresskit
+
+    name = next(k for k, v in CONFIGS.items() if v == cfg)
+    path = Path(args.saved_models or "") / f"{name}-{method}"
+    if not args.saved_models or not path.is_dir():
+        raise SystemExit(f"{method} rows load a saved model: {path} does not exist; run `python bench/quality.py "
+                         f"--configs {name} --methods {method} --save-models DIR` and pass --saved-models DIR")
+    model, tok = compresskit.load_model(str(path), device="cpu")
+    report = json.loads((path / "quantization_report.json").read_text())
+    seconds = report["seconds"] + report.get("distillation", {}).get("seconds", 0.0)
+    return model, tok, seconds, None
 
 
 def _linears(model) -> dict:
@@ -299,6 +323,8 @@ def main() -> None:
     ap.add_argument("--damp", type=float, default=0.01, help="GPTQModel damp_percent (compresskit's GPTQ: 0.01)")
     add_eval_options(ap, Path(__file__).parent / "results" / "quant_peers")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each row")
+    ap.add_argument("--saved-models", help="where omniquant_default rows load their models from (the DIR of "
+                    "`bench/quality.py --save-models DIR`): the preset takes ~30 minutes a width to calibrate")
     ap.add_argument("--gptqmodel-workers", type=int, default=1, help="GPTQModel's cpu worker threads")
     ap.add_argument("--docs-only", action="store_true", help="quantize and score the docs perplexity only; "
                     "--merge puts it into the same rows of the other files")
@@ -346,11 +372,13 @@ def _git_head() -> str:
 
 
 def _forward(args) -> list[str]:
-    return ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
-            "--lengths", ",".join(map(str, args.lengths)), "--ppl-windows", str(args.ppl_windows),
-            "--passkey-trials", str(args.passkey_trials), "--seed", str(args.seed), "--damp", str(args.damp),
-            "--threads", str(args.threads), "--gptqmodel-workers", str(args.gptqmodel_workers),
-            "--docs-file", args.docs_file, "--docs-sha256", args.docs_sha256] + (["--docs-only"] if args.docs_only else [])
+    out = ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
+           "--lengths", ",".join(map(str, args.lengths)), "--ppl-windows", str(args.ppl_windows),
+           "--passkey-trials", str(args.passkey_trials), "--seed", str(args.seed), "--damp", str(args.damp),
+           "--threads", str(args.threads), "--gptqmodel-workers", str(args.gptqmodel_workers),
+           "--docs-file", args.docs_file, "--docs-sha256", args.docs_sha256]
+    return out + (["--docs-only"] if args.docs_only else []) + (
+        ["--saved-models", args.saved_models] if args.saved_models else [])
 
 
 def _merge(args) -> None:
@@ -407,7 +435,7 @@ def _line(r: dict, lengths: list[int], gaps: dict, fp_docs: str | None = None) -
     dagger = " †" if fp_docs and r.get("docs_sha256", fp_docs) != fp_docs else ""
     cols = [f"{s.get(f'ppl@{n}', float('nan')):.2f}", f"{s.get(f'ppl_docs@{n}', float('nan')):.2f}{dagger}"]
     cols += [f"{s.get(f'passkey@{k}', float('nan')):.0f}%" for k in lengths]
-    cols += [f"{r['quant_s']:.0f}", f"{r['peak_bytes'] / 2**30:.2f}"]
+    cols += [f"{r['quant_s']:.0f}", "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"]
     for key in (f"ppl@{n}", f"ppl_docs@{n}"):
         g = gaps.get(key, {}).get((r["config"], r["method"]))
         cols.append("" if g is None else f"{g:.0%}")
