@@ -50,10 +50,11 @@ NOTES = {
     "gptq": "compresskit GPTQ (asym, damp 0.01)",
     "gptq_act": "compresskit GPTQ act-order, static groups",
     "gptq_gar": "compresskit GPTQ act_group_aware (group-aware reordering, per-group parameters when reached)",
-    "omniquant_default": "compresskit OmniQuant as `compresskit quantize --method omniquant` runs it on a CPU (the `cpu` "
-                         "preset: its own 16 x 2048 calibration tokens, clipping search, block stage, end-to-end stage), "
-                         "calibrated by `bench/quality.py --save-models` and loaded from that checkpoint (fp16 scales); "
-                         "quant s: the calibration seconds its report records (2 threads); peak: see that run",
+    "omniquant_default": ("compresskit OmniQuant as `compresskit quantize --method omniquant` runs it on a CPU "
+                          "(the `cpu` preset: its own 16 x 2048 calibration tokens, clipping search, block stage, "
+                          "end-to-end stage), calibrated by `bench/quality.py --save-models` and loaded from that "
+                          "checkpoint (fp16 scales); quant s: the calibration seconds its report records (2 threads); "
+                          "peak: see that run"),
     "gptqmodel": "GPTQModel GPTQ desc_act=False (default act_group_aware=True), asym, damp {damp}; dequantized from its packed TorchLinear after its loader's v1->v2 qzeros conversion (fp16 scales)",
     "gptqmodel_plain": "GPTQModel GPTQ desc_act=False, act_group_aware=False, asym, damp {damp}; dequantized from its packed TorchLinear after its loader's v1->v2 qzeros conversion (fp16 scales)",
     "gptqmodel_act": "GPTQModel GPTQ desc_act=True, asym, damp {damp}; dequantized from its packed TorchLinear after its loader's v1->v2 qzeros conversion (fp16 scales, g_idx)",
