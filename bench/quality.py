@@ -137,6 +137,10 @@ def main() -> None:
     for name in args.configs.split(","):
         allowed = WEIGHT_ACT if CONFIGS[name].get("abits") else WEIGHT_ONLY
         jobs += [(m, name) for m in methods if m in allowed and not (m in ONLY_W4G64 and name != "w4g64")]
+    taken = [str(Path(args.save_models) / f"{n}-{m}") for m, n in jobs
+             if args.save_models and m != "fp" and (Path(args.save_models) / f"{n}-{m}").exists()]
+    if taken:  # refused before any calibration, not after it
+        ap.error(f"--save-models: {', '.join(taken)} exist already; move them or pick another DIR")
     rows = []
     pinned = tempfile.TemporaryDirectory()
     pin_docs(args, pinned.name)
