@@ -48,6 +48,12 @@ def docs_text() -> str:
     return "\n\n".join(p.read_text() for p in sorted((Path(__file__).parent.parent / "docs").glob("*.md")))
 
 
+def saved_model_path(folder: str | Path, config: str, method: str) -> Path:
+    """Where ``bench/quality.py --save-models FOLDER`` keeps a row's model, and ``quant_peers.py --saved-models``
+    finds it."""
+    return Path(folder) / f"{config}-{method}"
+
+
 def gap_share(rtn: float, method: float, fp: float) -> float:
     """The share of RTN's log-perplexity gap to fp that ``method`` closes: (log rtn - log m) / (log rtn - log fp)."""
     return (math.log(rtn) - math.log(method)) / (math.log(rtn) - math.log(fp))

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, handled, gap_share, pin_docs, score_model, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, handled, gap_share, pin_docs, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {  # name -> QuantConfig fields
     "w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64),
@@ -86,7 +86,7 @@ def run_one(args: argparse.Namespace) -> dict:
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if args.save_models and method != "fp":  # kept for later scoring (more trials, other tasks) without recalibrating
-        compresskit.save(model, tok, Path(args.save_models) / f"{name}-{method}")
+        compresskit.save(model, tok, saved_model_path(args.save_models, name, method))
     scores, eval_s = score_model(model, tok, args)
     return {"method": method, "config": name, "calib_s": calib_s, "peak_bytes": peak, "device": device,
             "scores": scores, "eval_s": eval_s}
@@ -137,8 +137,8 @@ def main() -> None:
     for name in args.configs.split(","):
         allowed = WEIGHT_ACT if CONFIGS[name].get("abits") else WEIGHT_ONLY
         jobs += [(m, name) for m in methods if m in allowed and not (m in ONLY_W4G64 and name != "w4g64")]
-    taken = [str(Path(args.save_models) / f"{n}-{m}") for m, n in jobs
-             if args.save_models and m != "fp" and (Path(args.save_models) / f"{n}-{m}").exists()]
+    taken = [str(saved_model_path(args.save_models, n, m)) for m, n in jobs
+             if args.save_models and m != "fp" and saved_model_path(args.save_models, n, m).exists()]
     if taken:  # refused before any calibration, not after it
         ap.error(f"--save-models: {', '.join(taken)} exist already; move them or pick another DIR")
     rows = []

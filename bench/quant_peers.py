@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, handled, gap_share, pin_docs, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, handled, gap_share, pin_docs, saved_model_path, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {"w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64)}
 OURS = ("fp", "rtn", "gptq", "gptq_act", "gptq_gar", "omniquant_default")
@@ -73,7 +73,9 @@ def run_one(args: argparse.Namespace) -> dict:
     method, name = args.one.split(":")
     cfg = CONFIGS.get(name, {})
     extra: dict = {}
-    if method in OURS:
+    if method == "omniquant_default":
+        model, tok, quant_s, peak = _saved(method, name, args)
+    elif method in OURS:
         model, tok, quant_s, peak = _ours(method, cfg, args)
     else:
         model, tok, quant_s, peak, extra = _peer(method, cfg, args)
@@ -110,8 +112,6 @@ def _ours(method: str, cfg: dict, args):
     model, tok = compresskit.load_model(args.model, device="cpu")
     torch.manual_seed(args.seed)
     base = dict(cfg, embed_bits=16)
-    if method == "omniquant_default":
-        return _saved(method, cfg, args)
     t0 = time.perf_counter()
     if method == "rtn":
         compresskit.quantize(model, QuantConfig(**base))
@@ -122,13 +122,12 @@ def _ours(method: str, cfg: dict, args):
     return model, tok, time.perf_counter() - t0, _peak()
 
 
-def _saved(method: str, cfg: dict, args):
+def _saved(method: str, name: str, args):
     """A model that `bench/quality.py --save-models DIR` calibrated, loaded back; the calibration seconds its
     report records (block stage and end-to-end stage)."""
     import compresskit
 
-    name = next(k for k, v in CONFIGS.items() if v == cfg)
-    path = Path(args.saved_models or "") / f"{name}-{method}"
+    path = saved_model_path(args.saved_models or "", name, method)
     if not args.saved_models or not path.is_dir():
         raise SystemExit(f"{method} rows load a saved model: {path} does not exist; run `python bench/quality.py "
                          f"--configs {name} --methods {method} --save-models DIR` and pass --saved-models DIR")
