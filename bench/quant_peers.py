@@ -133,7 +133,7 @@ def _saved(method: str, name: str, args):
                          f"--configs {name} --methods {method} --save-models DIR` and pass --saved-models DIR")
     model, tok = compresskit.load_model(str(path), device="cpu")
     report = json.loads((path / "quantization_report.json").read_text())
-    seconds = report["seconds"] + report.get("distillation", {}).get("seconds", 0.0)
+    seconds = report["seconds"] + sum(report.get(k, {}).get("seconds", 0.0) for k in ("distillation", "long_distillation"))
     return model, tok, seconds, None
 
 

@@ -35,13 +35,17 @@ REPEAT_SPAN = (16, 64)  # tokens in the passage a repeated haystack is made of
 
 
 def retrieval_exercise(tokenizer: Any, window: torch.Tensor, rng: random.Random,
-                       repeat: random.Random | None = None) -> torch.Tensor:
+                       repeat: random.Random | None = None, depth: float = 1.0) -> torch.Tensor:
     """``window`` (1-D, L tokens) with 1-3 facts inserted at random depths of its first tokens and the
     questions with their answers appended; still exactly L tokens (the text's tail is dropped). With
     ``repeat`` (a generator of its own, so ``rng``'s draws stay those of a plain exercise) the text around
-    the facts is one passage of 16-64 tokens of the window, chosen by it and repeated."""
+    the facts is one passage of 16-64 tokens of the window, chosen by it and repeated. ``depth`` < 1 puts
+    the facts in that first share of the text only (far from the questions: a long window's longest
+    distances)."""
     if window.dim() != 1:
         raise ValueError(f"a window is 1-D, got shape {tuple(window.shape)}")
+    if not 0.0 < depth <= 1.0:
+        raise ConfigError(f"depth={depth} must lie in (0, 1]: the share of the text the facts are hidden in")
     length = window.numel()
     k = rng.randint(1, MAX_FACTS)
     facts = [(w, n, str(rng.randint(10_000, 9_999_999))) for w, n in zip(rng.sample(WHATS, k), rng.sample(NAMES, k))]
@@ -57,7 +61,7 @@ def retrieval_exercise(tokenizer: Any, window: torch.Tensor, rng: random.Random,
         span = repeat.randint(*REPEAT_SPAN)
         start = repeat.randint(0, n_text - span)
         text = (text[start:start + span] * (n_text // span + 1))[:n_text]
-    cuts = sorted(rng.randint(0, n_text) for _ in inserts)
+    cuts = sorted(rng.randint(0, round(depth * n_text)) for _ in inserts)
     out: list[int] = []
     prev = 0
     for cut, ids in zip(cuts, inserts):
@@ -68,9 +72,9 @@ def retrieval_exercise(tokenizer: Any, window: torch.Tensor, rng: random.Random,
 
 
 def with_retrieval(tokenizer: Any, windows: torch.Tensor, fraction: float, seed: int = 0,
-                   repeat: float = 0.0) -> torch.Tensor:
+                   repeat: float = 0.0, depth: float = 1.0) -> torch.Tensor:
     """``windows`` ([n, L]) with ``round(fraction * n)`` of them (chosen by ``seed``) made retrieval exercises,
-    ``round(repeat * that)`` of those with a repeated haystack."""
+    ``round(repeat * that)`` of those with a repeated haystack, their facts in the first ``depth`` of the text."""
     if not 0.0 <= fraction <= 1.0 or not 0.0 <= repeat <= 1.0:
         raise ConfigError(f"fraction={fraction} and repeat={repeat} must lie in [0, 1]")
     rng = random.Random(seed)
@@ -79,5 +83,5 @@ def with_retrieval(tokenizer: Any, windows: torch.Tensor, fraction: float, seed:
     passages = random.Random(seed + 1)  # its own draws: the exercises stay those of repeat=0, bar their haystacks
     repeated = set(passages.sample(chosen, round(repeat * len(chosen))))
     chosen = set(chosen)
-    return torch.stack([retrieval_exercise(tokenizer, w, rng, repeat=passages if i in repeated else None)
+    return torch.stack([retrieval_exercise(tokenizer, w, rng, repeat=passages if i in repeated else None, depth=depth)
                         if i in chosen else w for i, w in enumerate(windows)])

@@ -32,6 +32,8 @@ def distill(
                                         "hidden in the text and asked for at its end (keeps passkey)"),
     retrieval_repeat: float = typer.Option(0.0, help="share of those exercises whose haystack is one short "
                                            "passage repeated (passkey-style context)"),
+    retrieval_depth: float = typer.Option(1.0, help="hide the exercises' facts in this first share of the text "
+                                          "(0..1; e.g. 0.5: only more than half a window from the questions)"),
     seqlen: int = typer.Option(4096, help="the (final, longest) sequence length, up to the models' context"),
     seqlen_schedule: str = typer.Option("", help="short-to-long stages ending at --seqlen: tokens (1024,2048,4096) "
                                         "or fractions (0.25,0.5,1)"),
@@ -102,7 +104,8 @@ def distill(
         weight_decay=weight_decay, warmup_steps=warmup_steps, lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio,
         max_grad_norm=max_grad_norm, temperature=temperature, kl_weight=kl_weight, ce_weight=ce_weight,
         hidden_weight=hidden_weight, hidden_loss=hidden_loss, hidden_layers=tuple(csv(hidden_layers, int)),
-        kl_chunk=kl_chunk, data=data, retrieval_mix=retrieval_mix, retrieval_repeat=retrieval_repeat, seed=seed, train_parts=tuple(csv(train_parts)),
+        kl_chunk=kl_chunk, data=data, retrieval_mix=retrieval_mix, retrieval_repeat=retrieval_repeat,
+        retrieval_depth=retrieval_depth, seed=seed, train_parts=tuple(csv(train_parts)),
         lora=lora, lora_rank=lora_rank, lora_alpha=lora_alpha,
         quant_params_only=quant_params_only, train_norms=train_norms, gradient_checkpointing=gradient_checkpointing,
         checkpoint_every=checkpoint_every, mixed_precision=mixed_precision))

@@ -65,14 +65,15 @@ def check_distill(student: nn.Module, teacher: nn.Module, config: DistillConfig)
 
 
 def sampler(tokenizer: Any, data: Any, *, seed: int, model: nn.Module | None = None,
-            retrieval_mix: float = 0.0, retrieval_repeat: float = 0.0) -> Callable[[int, int, int], torch.Tensor]:
+            retrieval_mix: float = 0.0, retrieval_repeat: float = 0.0,
+            retrieval_depth: float = 1.0) -> Callable[[int, int, int], torch.Tensor]:
     """``samples(seqlen, n, stage)``: ``n`` windows of ``seqlen`` tokens for each schedule stage.
 
     ``data`` is a calibration source spec (``builtin``, ``file:PATH``, ``generated``, ``hf:NAME``;
     tokenized with ``tokenizer``), a 1-D LongTensor token stream, or such a callable itself. Each
     stage draws with its own seed, so a stage's windows are the same on every (resumed) run. With
     ``retrieval_mix`` that share of each stage's windows become retrieval exercises (needs the tokenizer),
-    ``retrieval_repeat`` of them with a repeated haystack."""
+    ``retrieval_repeat`` of them with a repeated haystack, their facts in the first ``retrieval_depth`` of the text."""
     draw = _plain_sampler(tokenizer, data, seed=seed, model=model)
     if not retrieval_mix:
         return draw
@@ -82,7 +83,7 @@ def sampler(tokenizer: Any, data: Any, *, seed: int, model: nn.Module | None = N
         raise InputError("retrieval_mix writes its facts and questions as text: distill(..., tokenizer=tok)")
     def mixed(seqlen: int, n: int, stage: int) -> torch.Tensor:
         return with_retrieval(tokenizer, draw(seqlen, n, stage), retrieval_mix, seed=seed + 7919 * (stage + 1),
-                              repeat=retrieval_repeat)
+                              repeat=retrieval_repeat, depth=retrieval_depth)
 
     return mixed
 
@@ -167,7 +168,8 @@ def distill(
     check_distill(student, teacher, config)
     on_step = None if progress is None else _step_progress(progress)
     samples = sampler(tokenizer, data if data is not None else config.data, seed=config.seed, model=teacher,
-                      retrieval_mix=config.retrieval_mix, retrieval_repeat=config.retrieval_repeat)
+                      retrieval_mix=config.retrieval_mix, retrieval_repeat=config.retrieval_repeat,
+                      retrieval_depth=config.retrieval_depth)
     record = record_of(student)
     storage = _STORAGE.get(str(record.source.dtype))
     extra: dict[str, Any] = {}

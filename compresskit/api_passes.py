@@ -118,13 +118,25 @@ def run_omniquant(ctx: PassContext, config: OmniQuantConfig) -> dict[str, Any]:
         ids = _with_retrieval(ctx, ids, config)
     state = None if ctx.state_dir is None else str(ctx.state_dir)
     # the end-to-end stage learns from the parent: the teacher given, else the model before quantization
-    parent = (ctx.teacher or copy.deepcopy(ctx.model)) if config.finetune_steps else None
+    stages = _finetune_stages(ctx, config)
+    parent = (ctx.teacher or copy.deepcopy(ctx.model)) if stages else None
     summary = _quantized(ctx, quantize_omniquant(ctx.model, config, ids, work_dir=state, progress=ctx.progress))
-    if parent is not None:
-        context = getattr(ctx.model.config, "max_position_embeddings", None) or 2048
-        # recorded by distill itself: a distill pass in the record, report.distillation in the manifest
-        distill(ctx.model, parent, finetune_config(config, context), tokenizer=ctx.tokenizer, progress=ctx.progress)
+    for stage in stages:  # recorded by distill itself: a distill pass in the record, report.distillation
+        distill(ctx.model, parent, stage, tokenizer=ctx.tokenizer, progress=ctx.progress)
+    if len(stages) == 2:
+        _fold_long_stage(record_of(ctx.model))
     return summary
+
+
+def _fold_long_stage(record: Any) -> None:
+    """One distill pass for OmniQuant's two stages: the long one's summary and history go under ``long_stage``
+    of the end-to-end one's (config.json, distillation.json); the manifest's report holds them as
+    ``distillation`` and ``long_distillation``."""
+    long, first = record.passes.pop(), record.passes[-1]
+    first.summary["long_stage"] = long.summary
+    first.detail = {**first.detail, "long_stage": long.detail}
+    record.manifest.report = {**record.manifest.report, "distillation": first.summary,
+                              "long_distillation": long.summary}
 
 
 def _with_retrieval(ctx: PassContext, ids: torch.Tensor, config: OmniQuantConfig) -> torch.Tensor:
@@ -137,11 +149,13 @@ def _with_retrieval(ctx: PassContext, ids: torch.Tensor, config: OmniQuantConfig
     return with_retrieval(ctx.tokenizer, ids, config.retrieval_mix, seed=config.seed, repeat=config.retrieval_repeat)
 
 
-def finetune_config(config: OmniQuantConfig, context: int = 2048) -> DistillConfig:
-    """The distillation that OmniQuant's end-to-end stage runs: group scales only, windows of half then all of
-    ``finetune_seqlen`` tokens (at most the model's ``context``) of the calibration source with retrieval
-    exercises mixed in (bench/results/distill.md's best W3 setting)."""
+def finetune_config(config: OmniQuantConfig, context: int = 2048) -> DistillConfig | None:
+    """The distillation that OmniQuant's end-to-end stage runs (None: ``finetune_steps=0``): group scales only,
+    windows of half then all of ``finetune_seqlen`` tokens (at most the model's ``context``) of the calibration
+    source with retrieval exercises mixed in (bench/results/distill.md's best W3 setting)."""
     steps = config.finetune_steps
+    if not steps:
+        return None
     return DistillConfig(steps=steps, lr=config.finetune_lr, warmup_steps=min(2, steps // 4),
                          seqlen=min(config.finetune_seqlen, context),
                          seqlen_schedule=(0.5, 1.0) if steps >= 2 else (), quant_params_only=True,
@@ -150,10 +164,31 @@ def finetune_config(config: OmniQuantConfig, context: int = 2048) -> DistillConf
                          data=config.calib, seed=config.seed)
 
 
+def long_finetune_config(config: OmniQuantConfig, context: int = 2048) -> DistillConfig | None:
+    """The long-window stage after it (None when ``finetune_long_steps=0`` or the model's ``context`` is no longer
+    than the end-to-end stage's windows): every window of ``finetune_long_seqlen`` tokens a retrieval exercise
+    with its facts where the shorter windows cannot put them, more than ``finetune_seqlen`` tokens before the
+    questions; a third of ``finetune_lr`` (the scales are trained already), its own draws (``seed + 1``)."""
+    short, long = min(config.finetune_seqlen, context), min(config.finetune_long_seqlen, context)
+    steps = config.finetune_long_steps
+    if not steps or long <= short:
+        return None
+    return DistillConfig(steps=steps, lr=config.finetune_lr / 3, warmup_steps=min(1, steps // 4), seqlen=long,
+                         quant_params_only=True, retrieval_mix=1.0, retrieval_repeat=config.finetune_retrieval_repeat,
+                         retrieval_depth=1 - short / long, data=config.calib, seed=config.seed + 1)
+
+
+def _finetune_stages(ctx: PassContext, config: OmniQuantConfig) -> list[DistillConfig]:
+    """The distillations that run after the blocks for this model's context: end-to-end, then long-window."""
+    context = getattr(ctx.model.config, "max_position_embeddings", None) or 2048
+    return [c for c in (finetune_config(config, context), long_finetune_config(config, context)) if c is not None]
+
+
 def _omniquant_units(ctx: PassContext, config: OmniQuantConfig) -> int:
     count_quantizable(ctx.model, config)  # validate first
     config = _resolved(ctx, config)
-    return len(get_arch(ctx.model).blocks_of(ctx.model)) * config.epochs + config.finetune_steps
+    return len(get_arch(ctx.model).blocks_of(ctx.model)) * config.epochs + sum(
+        c.steps for c in _finetune_stages(ctx, config))
 
 
 # --- pruning and distillation -----------------------------------------------------------------------------

@@ -77,7 +77,9 @@ class DistillConfig(JsonConfig):
     exercises: facts hidden at random depths of the window's text and asked for at its end
     (compresskit.calib.retrieval), so that distilling keeps the parent's long-range retrieval;
     ``retrieval_repeat`` of those exercises (a share, 0..1) hide their facts in one short passage of the
-    text repeated instead (passkey-style haystacks: retrieval from repetitive context is not learnt from prose). ``checkpoint_every`` N steps the full training state is saved
+    text repeated instead (passkey-style haystacks: retrieval from repetitive context is not learnt from prose);
+    ``retrieval_depth`` < 1 hides the facts in that first share of the text only (the longest distances
+    from the questions; OmniQuant's long stage uses it). ``checkpoint_every`` N steps the full training state is saved
     (0: only when stopped early); a rerun with the same work directory resumes exactly.
     ``mixed_precision``: ``auto`` = bf16 on CUDA, fp32 on CPU (or what ``accelerate launch`` sets).
     """
@@ -104,6 +106,7 @@ class DistillConfig(JsonConfig):
     data: str = "builtin"
     retrieval_mix: float = 0.0
     retrieval_repeat: float = 0.0
+    retrieval_depth: float = 1.0
     seed: int = 0
     train_parts: tuple[str, ...] = ()
     lora: bool = False
@@ -160,6 +163,9 @@ class DistillConfig(JsonConfig):
         if not (isinstance(self.retrieval_repeat, (int, float)) and 0.0 <= self.retrieval_repeat <= 1.0):
             raise ConfigError(f"retrieval_repeat={self.retrieval_repeat!r} is the share of retrieval exercises with a "
                               "repeated haystack: give a number in [0, 1] (e.g. --retrieval-repeat 0.5)")
+        if not (isinstance(self.retrieval_depth, (int, float)) and 0.0 < self.retrieval_depth <= 1.0):
+            raise ConfigError(f"retrieval_depth={self.retrieval_depth!r} is the share of the text the facts are hidden "
+                              "in, from its start: give a number in (0, 1] (e.g. --retrieval-depth 0.5)")
         if self.retrieval_repeat and not self.retrieval_mix:
             raise ConfigError(f"retrieval_repeat={self.retrieval_repeat} shapes retrieval exercises and there are none: "
                               "set --retrieval-mix too (e.g. --retrieval-mix 0.5)")

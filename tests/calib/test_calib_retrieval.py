@@ -84,3 +84,30 @@ def test_a_repeated_haystack_is_one_passage_of_the_window_around_the_facts(tiny_
     half = with_retrieval(tiny_tokenizer, windows, 1.0, seed=5, repeat=0.5)
     same = [torch.equal(plain[i], half[i]) for i in range(len(windows))]
     assert same.count(False) == 3
+
+
+def test_depth_keeps_the_facts_in_the_first_share_of_the_text(tiny_tokenizer, windows):
+    """``depth=0.3``: every fact starts within the first 30% of the text (plus the facts before it), so it
+    is asked for from further away; the default spreads them over the whole window."""
+    def fact_positions(x):
+        ids, probe = x.tolist(), tiny_tokenizer(" Note that the", add_special_tokens=False)["input_ids"]
+        return [i for i in range(len(ids) - len(probe)) if ids[i:i + len(probe)] == probe]
+
+    shallow, anywhere = [], []
+    for seed in range(12):
+        x = retrieval_exercise(tiny_tokenizer, windows[3], random.Random(seed), depth=0.3)
+        assert x.shape == windows[3].shape
+        text = tiny_tokenizer.decode(x)
+        assert sorted(re.findall(r"Answer: The (.+?) of (\w+) is (\d+)\.", text)) == sorted(
+            re.findall(r"Note that the (.+?) of (\w+) is (\d+)\.", text))
+        shallow += fact_positions(x)
+        anywhere += fact_positions(retrieval_exercise(tiny_tokenizer, windows[3], random.Random(seed)))
+    assert shallow and max(shallow) <= 0.3 * 1000 + 3 * 25  # 3 facts of < 25 tokens each may come before one
+    assert max(anywhere) > 0.5 * 1000  # without depth some fact lands past the middle
+    mixed = with_retrieval(tiny_tokenizer, windows, 1.0, seed=2, depth=0.3)
+    assert max(p for x in mixed for p in fact_positions(x)) <= 0.3 * 1000 + 3 * 25
+    assert torch.equal(with_retrieval(tiny_tokenizer, windows, 1.0, seed=2, depth=1.0),
+                       with_retrieval(tiny_tokenizer, windows, 1.0, seed=2))  # the default is depth 1
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f"depth={bad} must lie in"):
+            retrieval_exercise(tiny_tokenizer, windows[3], random.Random(0), depth=bad)

@@ -131,3 +131,17 @@ def test_other_processes_train_but_do_not_evaluate_or_save(tmp_path, dirs, monke
     assert result.exit_code == 0, result.output
     assert ran == [None]  # it trained, without a progress display of its own
     assert not out.exists() and "teacher" not in result.output  # no evaluation table, nothing saved
+
+
+def test_retrieval_depth_reaches_the_recipe_and_a_bad_one_is_refused(tmp_path, dirs):
+    teacher, student = dirs
+    base = ["distill", "--teacher", str(teacher), "--student", str(student), "--no-eval", "--seqlen", "256",
+            "--steps", "1", "--data", "builtin", "--retrieval-mix", "1"]
+    out = tmp_path / "far"
+    result = CliRunner().invoke(app, [*base, "--output", str(out), "--retrieval-depth", "0.5"])
+    assert result.exit_code == 0, result.output
+    recipe = json.loads((out / "config.json").read_text())["compresskit_distillation"]["recipe"]
+    assert (recipe["retrieval_mix"], recipe["retrieval_depth"]) == (1.0, 0.5)
+    bad = CliRunner().invoke(app, [*base, "--output", str(tmp_path / "bad"), "--retrieval-depth", "0"])
+    assert bad.exit_code != 0 and "retrieval_depth=0.0" in bad.output and "(0, 1]" in bad.output
+    assert not (tmp_path / "bad").exists()

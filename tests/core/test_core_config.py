@@ -122,6 +122,15 @@ def test_omniquant_auto_preset_is_decided_by_the_device_and_explicit_values_win(
     assert cpu.resolved("cuda") is cpu  # resolved once, for good
     short = auto.resolved("cpu", context=256)
     assert short.seqlen == 256 and short.finetune_steps == 0  # fits the model's context; no room for the stage
+    # the long-window stage: only where the context is longer than the end-to-end stage's windows
+    assert short.finetune_long_steps == 0 and auto.resolved("cpu", context=2048).finetune_long_steps == 0
+    assert auto.resolved("cpu", context=8192).finetune_long_steps == want["finetune_long_steps"] > 0
+    assert gpu.finetune_long_steps == 0 and OmniQuantConfig(wbits=4, abits=4).resolved("cpu").finetune_long_steps == 0
+    assert OmniQuantConfig(wbits=3, finetune_long_steps=2).resolved("cpu", context=2048).finetune_long_steps == 2
+    with pytest.raises(ConfigError, match="finetune_long_seqlen=2048 must be longer than finetune_seqlen=2048"):
+        OmniQuantConfig(wbits=3, finetune_long_steps=2, finetune_long_seqlen=2048)
+    with pytest.raises(ConfigError, match="finetune_long_steps=-1"):
+        OmniQuantConfig(wbits=3, finetune_long_steps=-1)
     assert OmniQuantConfig(wbits=3, finetune_steps=3).resolved("cpu", context=256).finetune_steps == 3
     assert OmniQuantConfig(wbits=3, seqlen=64).resolved("cpu", context=256).seqlen == 64
     # weight-activation configs skip the end-to-end stage (it distills weight-only scales)

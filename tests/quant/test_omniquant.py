@@ -350,6 +350,37 @@ def test_the_end_to_end_stage_trains_the_scales_and_keeps_the_codes():
         OmniQuantConfig(**{**SMALL, "finetune_seqlen": 1024})
 
 
+def test_the_long_stage_trains_on_far_facts_after_the_end_to_end_stage():
+    """With a context longer than the end-to-end stage's windows, ``finetune_long_steps`` more steps run on
+    windows of ``finetune_long_seqlen`` tokens, each a retrieval exercise with its facts in the part of the
+    window the shorter one cannot reach; the report keeps both stages; the codes stay."""
+    from compresskit.api_passes import long_finetune_config
+
+    model, tok = make_tiny_model("llama"), make_tiny_tokenizer()
+    model.config.max_position_embeddings = 4096
+    base = dict(SMALL, let=False, epochs=1, nsamples=4, seqlen=64, calib="builtin", finetune_steps=2)
+    short, both = copy.deepcopy(model), copy.deepcopy(model)
+    compresskit.quantize(short, OmniQuantConfig(**base), tokenizer=tok)
+    manifest = compresskit.quantize(both, OmniQuantConfig(**base, finetune_long_steps=2), tokenizer=tok)
+    first, long = manifest.report["distillation"], manifest.report["long_distillation"]
+    assert first["steps"] == 2 and first["recipe"]["seqlen"] == 2048 and first["recipe"]["retrieval_depth"] == 1.0
+    assert long["steps"] == 2 and long["recipe"]["seqlen"] == 4096
+    assert (long["recipe"]["retrieval_mix"], long["recipe"]["retrieval_depth"]) == (1.0, 0.5)
+    passes = compresskit.record(both).passes  # one distill pass, the long stage inside it
+    assert [p.kind for p in passes] == ["quantize", "distill"] and passes[1].summary["long_stage"] == long
+    assert len(passes[1].detail["long_stage"]["history"]) == 2
+    name = next(iter(manifest.linears))
+    a, b = short.get_submodule(name), both.get_submodule(name)
+    assert torch.equal(a.qweight, b.qweight) and not torch.equal(a.scales, b.scales)  # codes kept, scales moved
+    # its settings: capped at the context, facts beyond the shorter windows' reach, a third of the rate
+    cfg = OmniQuantConfig(**SMALL, finetune_steps=8, finetune_long_steps=4, finetune_lr=3e-3)
+    stage = long_finetune_config(cfg, context=3072)
+    assert (stage.steps, stage.seqlen, stage.retrieval_mix, stage.lr) == (4, 3072, 1.0, 1e-3)
+    assert stage.retrieval_depth == pytest.approx(1 - 2048 / 3072) and stage.quant_params_only
+    assert long_finetune_config(cfg, context=2048) is None  # no longer than the end-to-end windows
+    assert long_finetune_config(OmniQuantConfig(**SMALL, finetune_steps=8), context=8192) is None  # published: 0
+
+
 def test_retrieval_mix_turns_that_share_of_the_block_stage_windows_into_exercises(monkeypatch):
     from compresskit import api_passes
     from compresskit.api_models import calibration_ids

@@ -11,7 +11,8 @@ from ...core.errors import ConfigError
 CLIP_INITS = ("constant", "search")
 LINEAR_ROLES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # fields of ArchSpec
 PRESETS = ("auto", "published", "cpu")
-PRESET_FIELDS = ("nsamples", "seqlen", "epochs", "clip_init", "patience", "retrieval_mix", "finetune_steps")
+PRESET_FIELDS = ("nsamples", "seqlen", "epochs", "clip_init", "patience", "retrieval_mix", "finetune_steps",
+                 "finetune_long_steps")
 
 
 def preset_values(preset: str, wbits: int, abits: int = 16) -> dict[str, Any]:
@@ -21,21 +22,24 @@ def preset_values(preset: str, wbits: int, abits: int = 16) -> dict[str, Any]:
       stopping, no end-to-end stage): about 10 hours for SmolLM2-135M on a 2-core CPU.
     - ``cpu``: the budgeted pipeline measured best within 60 minutes on a 2-core CPU for SmolLM2-135M
       (bench/results/quality_budget.md): the searched clipping start, a few block epochs with early
-      stopping, then the end-to-end scales-only stage (weight-only configs: with simulated activation
-      quantization the stage is not run).
+      stopping, then the end-to-end scales-only stage and its short long-window stage (weight-only configs:
+      with simulated activation quantization neither runs).
     """
     if preset == "published":
         return dict(nsamples=128, seqlen=2048, epochs=40 if wbits == 2 else 20, clip_init="constant", patience=0,
-                    retrieval_mix=0.0, finetune_steps=0)
+                    retrieval_mix=0.0, finetune_steps=0, finetune_long_steps=0)
     if preset == "cpu":
         return dict(nsamples=CPU_NSAMPLES, seqlen=CPU_SEQLEN, epochs=CPU_EPOCHS, clip_init="search", patience=2,
-                    retrieval_mix=CPU_RETRIEVAL_MIX, finetune_steps=CPU_FINETUNE_STEPS if abits >= 16 else 0)
+                    retrieval_mix=CPU_RETRIEVAL_MIX, finetune_steps=CPU_FINETUNE_STEPS if abits >= 16 else 0,
+                    finetune_long_steps=CPU_FINETUNE_LONG_STEPS if abits >= 16 else 0)
     raise ConfigError(f"preset={preset!r} is unknown; use {', '.join(PRESETS)}")
 
 
 CPU_NSAMPLES, CPU_SEQLEN, CPU_EPOCHS, CPU_FINETUNE_STEPS = 16, 2048, 5, 80
 CPU_RETRIEVAL_MIX = 0.0
+CPU_FINETUNE_LONG_STEPS = 8
 FINETUNE_CONTEXT = 2048  # the end-to-end stage's longest windows
+FINETUNE_LONG_CONTEXT = 4096  # the long stage's windows
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,13 @@ class OmniQuantConfig(CalibratedConfig):
       ``finetune_retrieval_mix`` of them retrieval exercises (0: OmniQuant alone, as published),
       ``finetune_retrieval_repeat`` of those with a repeated haystack (compresskit.calib.retrieval). The
       compresskit API runs this stage; the manifest's report holds it as ``distillation``.
+    - ``finetune_long_steps``: then this many steps more on windows of ``finetune_long_seqlen`` tokens
+      (capped at the model's context; skipped when that is no longer than ``finetune_seqlen``), each a
+      retrieval exercise whose facts sit in the part of the window no shorter window reaches (its first
+      ``1 - finetune_seqlen / finetune_long_seqlen``), at a third of ``finetune_lr``: the earlier stage
+      never asks for a fact more than ``finetune_seqlen`` tokens back, and a quantized model can lose
+      exactly that (SmolLM2-135M W4 g64 missed the passkey at 4K only with the key in the first 7%).
+      The report holds it as ``long_distillation``.
     """
 
     method: str = "omniquant"
@@ -101,6 +112,8 @@ class OmniQuantConfig(CalibratedConfig):
     finetune_seqlen: int = FINETUNE_CONTEXT
     finetune_retrieval_mix: float = 0.5
     finetune_retrieval_repeat: float = 0.5
+    finetune_long_steps: int | None = None
+    finetune_long_seqlen: int = FINETUNE_LONG_CONTEXT
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -122,17 +135,20 @@ class OmniQuantConfig(CalibratedConfig):
         """This config with ``preset="auto"`` decided for a model on ``device_type`` ("cuda", "cpu", ...):
         the published settings on a GPU, the ``cpu`` preset elsewhere; the settings given explicitly stay.
         For a model whose ``context`` is short, an unset ``seqlen`` is capped at it, and an unset
-        ``finetune_steps`` is 0 below 2048 tokens (the stage's windows, with room for retrieval exercises)."""
+        ``finetune_steps`` is 0 below 2048 tokens (the stage's windows, with room for retrieval exercises), an
+        unset ``finetune_long_steps`` 0 when the context is no longer than ``finetune_seqlen``."""
         if self.preset != "auto":
             return self
         preset = "published" if device_type in ("cuda", "xpu") else "cpu"
-        seqlen, steps = self.seqlen, self.finetune_steps
+        seqlen, steps, long_steps = self.seqlen, self.finetune_steps, self.finetune_long_steps
         if context is not None:
             if seqlen is None:
                 seqlen = min(preset_values(preset, self.wbits, self.abits)["seqlen"], context)
             if steps is None and context < FINETUNE_CONTEXT:
                 steps = 0
-        return replace(self, preset=preset, seqlen=seqlen, finetune_steps=steps)
+            if long_steps is None and context <= self.finetune_seqlen:
+                long_steps = 0
+        return replace(self, preset=preset, seqlen=seqlen, finetune_steps=steps, finetune_long_steps=long_steps)
 
     @property
     def is_resolved(self) -> bool:
@@ -143,7 +159,8 @@ class OmniQuantConfig(CalibratedConfig):
         start = "the search" if self.clip_init == "search" else "4.0"
         mix = f" ({self.retrieval_mix:.0%} retrieval exercises)" if self.retrieval_mix else ""
         return (f"{self.nsamples} x {self.seqlen} calibration tokens{mix}, {self.epochs} epochs per block (patience "
-                f"{self.patience}), clipping from {start}, {self.finetune_steps} end-to-end steps")
+                f"{self.patience}), clipping from {start}, {self.finetune_steps} end-to-end steps"
+                + (f" + {self.finetune_long_steps} at {self.finetune_long_seqlen} tokens" if self.finetune_long_steps else ""))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OmniQuantConfig":
@@ -176,6 +193,12 @@ class OmniQuantConfig(CalibratedConfig):
             raise ConfigError(f"finetune_steps={self.finetune_steps} must be >= 0, finetune_lr={self.finetune_lr} > 0, "
                               f"finetune_retrieval_mix={self.finetune_retrieval_mix} in [0, 1) and "
                               f"finetune_retrieval_repeat={self.finetune_retrieval_repeat} in [0, 1]")
+        if self.finetune_long_steps < 0:
+            raise ConfigError(f"finetune_long_steps={self.finetune_long_steps} must be >= 0 (0: no long-window stage)")
+        if self.finetune_long_steps and self.finetune_long_seqlen <= self.finetune_seqlen:
+            raise ConfigError(f"finetune_long_seqlen={self.finetune_long_seqlen} must be longer than finetune_seqlen="
+                              f"{self.finetune_seqlen} (its stage trains the longer distances), or set "
+                              "finetune_long_steps=0")
         if self.let_alpha is not None and not 0.0 <= self.let_alpha <= 1.0:
             raise ConfigError(f"let_alpha={self.let_alpha} must lie in [0, 1]")
 
