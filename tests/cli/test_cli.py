@@ -166,24 +166,6 @@ def test_info_table_and_json(runner, quantized_dir):
     assert data["weights_bytes"] == (quantized_dir / "model.safetensors").stat().st_size
 
 
-def test_info_shows_omniquant_long_stage_after_a_round_trip(runner, tmp_path, tiny_tokenizer):
-    from compresskit.quant.omniquant import OmniQuantConfig
-
-    model = make_tiny_model("llama")
-    model.config.max_position_embeddings = 4096  # room for the long-window stage after the 2048-token one
-    compresskit.quantize(model, OmniQuantConfig(wbits=3, group_size=32, epochs=1, nsamples=2, seqlen=32, embed_bits=16,
-                                                preset="published", finetune_steps=1, finetune_long_steps=1),
-                         tokenizer=tiny_tokenizer)
-    compresskit.save(model, tiny_tokenizer, tmp_path / "m")
-    info = api.info(tmp_path / "m")
-    assert info["distillation"]["steps"] == 1 and info["distillation"]["long_stage"]["recipe"]["seqlen"] == 4096
-    report = json.loads((tmp_path / "m" / "quantization_report.json").read_text())
-    assert report["long_distillation"]["recipe"]["retrieval_depth"] == 0.5
-    result = runner.invoke(app, ["info", str(tmp_path / "m")])
-    cells = " ".join(result.output.replace("\u2502", " ").split())  # the table's wrapped cells, read in order
-    assert result.exit_code == 0 and "1 steps, 2048 tokens" in cells and "then 1 steps at 4096 tokens" in cells
-
-
 def test_info_unquantized(runner, tiny_dir):
     result = runner.invoke(app, ["info", str(tiny_dir), "--json"])
     assert result.exit_code == 0, result.output

@@ -145,3 +145,21 @@ def test_retrieval_depth_reaches_the_recipe_and_a_bad_one_is_refused(tmp_path, d
     bad = CliRunner().invoke(app, [*base, "--output", str(tmp_path / "bad"), "--retrieval-depth", "0"])
     assert bad.exit_code != 0 and "retrieval_depth=0.0" in bad.output and "(0, 1]" in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_info_shows_omniquant_long_stage_after_a_round_trip(tmp_path, tiny_tokenizer):
+    from compresskit.quant.omniquant import OmniQuantConfig
+
+    model = make_tiny_model("llama")
+    model.config.max_position_embeddings = 4096  # room for the long-window stage after the 2048-token one
+    api.quantize(model, OmniQuantConfig(wbits=3, group_size=32, epochs=1, nsamples=2, seqlen=32, embed_bits=16,
+                                        preset="published", finetune_steps=1, finetune_long_steps=1),
+                 tokenizer=tiny_tokenizer)
+    api.save(model, tiny_tokenizer, tmp_path / "m")
+    info = api.info(tmp_path / "m")
+    assert info["distillation"]["steps"] == 1 and info["distillation"]["long_stage"]["recipe"]["seqlen"] == 4096
+    report = json.loads((tmp_path / "m" / "quantization_report.json").read_text())
+    assert report["long_distillation"]["recipe"]["retrieval_depth"] == 0.5
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "m")])
+    cells = " ".join(result.output.replace("\u2502", " ").split())  # the table's wrapped cells, read in order
+    assert result.exit_code == 0 and "1 steps, 2048 tokens" in cells and "then 1 steps at 4096 tokens" in cells
