@@ -52,7 +52,7 @@ NOTES = {
     "gptq_gar": "compresskit GPTQ act_group_aware (group-aware reordering, per-group parameters when reached)",
     "omniquant_default": ("compresskit OmniQuant as `compresskit quantize --method omniquant` runs it on a CPU "
                           "(the `cpu` preset: its own 16 x 2048 calibration tokens, clipping search, block stage, "
-                          "end-to-end stage), calibrated by `bench/quality.py --save-models` and loaded from that "
+                          "end-to-end stage, and in checkpoints made since 2026-12-05 the long-window stage), calibrated by `bench/quality.py --save-models` and loaded from that "
                           "checkpoint (fp16 scales); quant s: the calibration seconds its report records (2 threads); "
                           "peak: see that run"),
     "gptqmodel": "GPTQModel GPTQ desc_act=False (default act_group_aware=True), asym, damp {damp}; dequantized from its packed TorchLinear after its loader's v1->v2 qzeros conversion (fp16 scales)",
@@ -124,7 +124,7 @@ def _ours(method: str, cfg: dict, args):
 
 def _saved(method: str, name: str, args):
     """A model that `bench/quality.py --save-models DIR` calibrated, loaded back; the calibration seconds its
-    report records (block stage and end-to-end stage)."""
+    report records (block stage, end-to-end and long-window stages)."""
     import compresskit
 
     path = saved_model_path(args.saved_models or "", name, method)

@@ -110,12 +110,15 @@ def report_table(title: str, report: Any) -> Table:
     return _rows_table(title, report.table())
 
 
+def _kl_line(stage: dict[str, Any]) -> str:
+    return f"KL {stage.get('kl_first') or 0:.4f} -> {stage.get('kl_last') or 0:.4f}"
+
+
 def _long_stage(stage: dict[str, Any] | None) -> str:
     """OmniQuant's long-window stage, folded into its end-to-end stage's summary."""
     if not stage:
         return ""
-    return (f"; then {stage.get('steps')} steps at {stage.get('recipe', {}).get('seqlen')} tokens, KL "
-            f"{stage.get('kl_first') or 0:.4f} -> {stage.get('kl_last') or 0:.4f}")
+    return f"; then {stage.get('steps')} steps at {stage.get('recipe', {}).get('seqlen')} tokens, {_kl_line(stage)}"
 
 
 def info_table(info: dict[str, Any]) -> Table:
@@ -140,8 +143,7 @@ def info_table(info: dict[str, Any]) -> Table:
     if distillation:
         table.add_row("distillation", escape(
             f"{distillation.get('name')} from {distillation.get('teacher')}: {distillation.get('steps')} steps, "
-            f"{distillation.get('tokens')} tokens, KL {distillation.get('kl_first') or 0:.4f} -> "
-            f"{distillation.get('kl_last') or 0:.4f}" + _long_stage(distillation.get("long_stage"))))
+            f"{distillation.get('tokens')} tokens, {_kl_line(distillation)}" + _long_stage(distillation.get("long_stage"))))
     q = info.get("quantization")
     if q is None:
         table.add_row("quantization", "none" if not info.get("foreign_quantization") else

@@ -135,6 +135,7 @@ def _fold_long_stage(record: Any) -> None:
     long, first = record.passes.pop(), record.passes[-1]
     first.summary["long_stage"] = long.summary
     first.detail = {**first.detail, "long_stage": long.detail}
+    # the long stage's distill wrote its summary over the end-to-end one's: put that back beside it
     record.manifest.report = {**record.manifest.report, "distillation": first.summary,
                               "long_distillation": long.summary}
 
