@@ -73,9 +73,11 @@ def handled(args: argparse.Namespace, run_one: Callable[[argparse.Namespace], di
     return False
 
 
-def add_eval_options(ap: argparse.ArgumentParser, out: Path) -> None:
+def add_eval_options(ap: argparse.ArgumentParser, out: Path, extra_tasks: str = "") -> None:
     """The evaluation and run options the quality benches share (one spelling, one default each)."""
     ap.add_argument("--lengths", default="2048,4096")
+    ap.add_argument("--extra-tasks", default=extra_tasks, help="comma-separated evaluation tasks scored at every "
+                    "length besides ppl and passkey, e.g. niah_single_1,niah_multikey_1 (samples = --passkey-trials)")
     ap.add_argument("--ppl-windows", type=int, default=4)
     ap.add_argument("--passkey-trials", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
@@ -108,6 +110,14 @@ def score_model(model: Any, tok: Any, args: argparse.Namespace) -> tuple[dict[st
                                      samples=args.passkey_trials, seed=args.seed, cache=False)
         scores |= {f"{r.task}@{r.length}": r.score for r in extra.rows}
     return scores, report.seconds
+
+
+def retrieval_keys(rows: list[dict], lengths: list[int]) -> list[str]:
+    """The retrieval columns of a table: passkey@length, then those of any other task a row was scored on
+    (``--extra-tasks``), each at every length."""
+    tasks = ["passkey"] + sorted({k.split("@")[0] for r in rows for k in r.get("scores", {})}
+                                 - {"ppl", "ppl_docs", "passkey"})
+    return [f"{t}@{n}" for t in tasks for n in lengths]
 
 
 def pin_docs(args: argparse.Namespace, tmp: str | Path) -> None:

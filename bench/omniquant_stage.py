@@ -121,12 +121,11 @@ def main() -> None:
                     help="retrieval_mix of the block stage when the block model is made (default: the preset's)")
     ap.add_argument("--group-size", type=int, default=64)
     ap.add_argument("--variants", default="none;lr=1e-2,repeat=0;lr=1e-2,repeat=0.5;lr=3e-3,repeat=0;lr=3e-3,repeat=0.5")
-    ap.add_argument("--extra-tasks", default="niah_multikey_1")
     ap.add_argument("--fp-ppl", type=lambda s: [float(x) for x in s.split(",")], default=None,
                     help="fp's held-out,docs perplexity (for the gap closed), e.g. 29.34,38.99")
     ap.add_argument("--rtn-ppl", type=lambda s: [float(x) for x in s.split(",")], default=None,
                     help="RTN's held-out,docs perplexity, e.g. 36.74,47.41")
-    add_eval_options(ap, Path(__file__).parent / "results" / "omniquant_stage")
+    add_eval_options(ap, Path(__file__).parent / "results" / "omniquant_stage", extra_tasks="niah_multikey_1")
     args = ap.parse_args()
     args.lengths = [int(x) for x in str(args.lengths).split(",")] if isinstance(args.lengths, str) else args.lengths
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, handled, gap_share, pin_docs, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, handled, gap_share, pin_docs, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {  # name -> QuantConfig fields
     "w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64),
@@ -117,8 +117,6 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--finetune-steps", type=int, default=20, help="end-to-end steps of omniquant_e2e")
-    ap.add_argument("--extra-tasks", default="", help="comma-separated evaluation tasks scored at every length "
-                    "besides ppl and passkey, e.g. niah_single_1,niah_multikey_1 (samples = --passkey-trials)")
     ap.add_argument("--save-models", help="save each quantized row's model to DIR/CONFIG-METHOD (compresskit.save; "
                     "an existing one is an error), to score it again later without recalibrating")
     add_eval_options(ap, Path(__file__).parent / "results" / "quality")
@@ -153,17 +151,25 @@ def main() -> None:
                 rows.append({"method": method, "config": name, "error": proc.stderr.strip().splitlines()[-1:]})
             else:
                 rows.append(json.loads(out.read_text()))
-        print(_line(rows[-1], args.lengths, _retrieval_keys(rows, args.lengths)), flush=True)
+        print(_line(rows[-1], args.lengths, retrieval_keys(rows, args.lengths)), flush=True)
     _write(rows, args, cuda)
 
 
 def _merge(args) -> None:
     rows: dict[tuple[str, str], dict] = {}
+    shas = set()
     for path in args.merge.split(","):
         data = json.loads(Path(path).read_text())
         for key in ("nsamples", "seqlen", "epochs", "lengths", "ppl_windows", "passkey_trials", "seed"):
             setattr(args, key, data["settings"][key])
+        shas.add(data["settings"].get("docs_sha256"))
         rows.update({(r["config"], r["method"]): r for r in data["rows"]})
+    # the docs text each run scored: one sha when they agree; all of them (and a warning) when they do not
+    recorded = sorted(s for s in shas if s)  # files merged before the sha was kept carry none
+    args.docs_sha256 = "/".join(recorded) or None
+    if len(recorded) > 1:
+        print(f"warning: the merged runs scored different docs texts (sha256 {recorded}): their docs perplexities "
+              "are not comparable", file=sys.stderr)
     order = ["fp"] + list(CONFIGS)
     methods = ["fp", "rtn", "gptq", "gptq_act", "gptq_gar", "nf4", "smoothquant", "clipsearch", "omniquant", "omniquant_search",
                "omniquant_e2e", "omniquant_default", "omniquant_let"]
@@ -178,13 +184,6 @@ def _forward(args) -> list[str]:
     out += ["--finetune-steps", str(args.finetune_steps), "--extra-tasks", args.extra_tasks,
             "--docs-file", args.docs_file] + (["--save-models", args.save_models] if args.save_models else [])
     return out + (["--epochs", str(args.epochs)] if args.epochs is not None else [])
-
-
-def _retrieval_keys(rows: list[dict], lengths: list[int]) -> list[str]:
-    """passkey@length columns, then those of any other task a row was scored on (e.g. --extra-tasks)."""
-    tasks = ["passkey"] + sorted({k.split("@")[0] for r in rows for k in r.get("scores", {})}
-                                 - {"ppl", "ppl_docs", "passkey"})
-    return [f"{t}@{n}" for t in tasks for n in lengths]
 
 
 def _line(r: dict, lengths: list[int], keys: list[str]) -> str:
@@ -207,7 +206,7 @@ def _gap_closed(rows: list[dict], fp_ppl: float, key: str) -> dict[str, float]:
 
 def _write(rows: list[dict], args, cuda: bool) -> None:
     fp = next((r for r in rows if r["method"] == "fp" and "scores" in r), None)
-    keys = _retrieval_keys(rows, args.lengths)
+    keys = retrieval_keys(rows, args.lengths)
     head = (f"| config | method | ppl@{args.lengths[0]} | ppl@{args.lengths[0]} docs | " + " | ".join(keys)
             + " | calib s | peak GiB |\n|" + "---|" * (6 + len(keys)))
     lines = [head] + [_line(r, args.lengths, keys) for r in rows]

@@ -23,6 +23,7 @@ Params4bit) into plain float32 ``nn.Linear`` of compresskit's model, so every ro
 one evaluator (``max_out_diff`` in the JSON: the packed module's own CPU forward against that linear, on
 random inputs). Each row is a subprocess at ``--threads`` torch threads (default 1): its quantization time
 and peak RSS are its own. The docs text is read once at the start, so every row scores the same text.
+``--extra-tasks niah_single_1,niah_multikey_1`` adds needle columns (as many samples as passkey trials).
 Writes bench/results/quant_peers.{md,json}; ``--merge`` combines runs made with the same settings.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, handled, gap_share, pin_docs, saved_model_path, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, handled, gap_share, pin_docs, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {"w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64)}
 OURS = ("fp", "rtn", "gptq", "gptq_act", "gptq_gar", "omniquant_default")
@@ -81,21 +82,15 @@ def run_one(args: argparse.Namespace) -> dict:
         model, tok, quant_s, peak, extra = _peer(method, cfg, args)
     import compresskit
 
-    docs = Path(args.docs_file).read_text()
     if args.docs_only:  # the docs perplexity alone (re-scoring rows of an earlier run on another docs text)
         other = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=args.lengths[:1],
-                                     ppl_windows=args.ppl_windows, seed=args.seed, cache=False, text=docs)
+                                     ppl_windows=args.ppl_windows, seed=args.seed, cache=False,
+                                     text=Path(args.docs_file).read_text())
         return {"method": method, "config": name, "docs_only": True, "docs_sha256": args.docs_sha256,
                 "scores": {f"ppl_docs@{r.length}": r.score for r in other.rows}}
-    report = compresskit.evaluate(model, tok, tasks=("ppl", "passkey"), lengths=args.lengths,
-                                  ppl_windows=args.ppl_windows, passkey_trials=args.passkey_trials, seed=args.seed,
-                                  cache=False)
-    scores = {f"{r.task}@{r.length}": r.score for r in report.rows}
-    other = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=args.lengths[:1], ppl_windows=args.ppl_windows,
-                                 seed=args.seed, cache=False, text=docs)
-    scores |= {f"ppl_docs@{r.length}": r.score for r in other.rows}
+    scores, eval_s = score_model(model, tok, args)
     return {"method": method, "config": name, "quant_s": quant_s, "peak_bytes": peak, "scores": scores,
-            "eval_s": report.seconds, "versions": _versions(), **extra}
+            "eval_s": eval_s, "versions": _versions(), **extra}
 
 
 def _peak() -> int:
@@ -358,7 +353,7 @@ def main() -> None:
             else:
                 rows.append(json.loads(out.read_text()))
             rows[-1]["wall_s"] = time.perf_counter() - t0
-            print(_line(rows[-1], args.lengths, {}), flush=True)
+            print(_line(rows[-1], args.lengths, {}, None, retrieval_keys(rows, args.lengths)), flush=True)
             _write(rows, args, echo=False)  # after every row: a stopped run keeps what it finished
     _write(rows, args, echo=True)
 
@@ -374,7 +369,8 @@ def _git_head() -> str:
 def _forward(args) -> list[str]:
     out = ["--model", args.model, "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen),
            "--lengths", ",".join(map(str, args.lengths)), "--ppl-windows", str(args.ppl_windows),
-           "--passkey-trials", str(args.passkey_trials), "--seed", str(args.seed), "--damp", str(args.damp),
+           "--passkey-trials", str(args.passkey_trials), "--extra-tasks", args.extra_tasks, "--seed", str(args.seed),
+           "--damp", str(args.damp),
            "--threads", str(args.threads), "--gptqmodel-workers", str(args.gptqmodel_workers),
            "--docs-file", args.docs_file, "--docs-sha256", args.docs_sha256]
     return out + (["--docs-only"] if args.docs_only else []) + (
@@ -425,7 +421,7 @@ def _gap(rows: list[dict], key: str) -> dict[tuple[str, str], float]:
             and r["config"] in rtn and rtn[r["config"]] > fp and same(r)}
 
 
-def _line(r: dict, lengths: list[int], gaps: dict, fp_docs: str | None = None) -> str:
+def _line(r: dict, lengths: list[int], gaps: dict, fp_docs: str | None = None, keys: list[str] = ()) -> str:
     if "error" in r or "docs_only" in r:
         if "docs_only" in r:
             return f"| {r['config']} | {r['method']} | docs {r['scores'].get(f'ppl_docs@{lengths[0]}', float('nan')):.2f} |"
@@ -434,7 +430,7 @@ def _line(r: dict, lengths: list[int], gaps: dict, fp_docs: str | None = None) -
     n = lengths[0]
     dagger = " †" if fp_docs and r.get("docs_sha256", fp_docs) != fp_docs else ""
     cols = [f"{s.get(f'ppl@{n}', float('nan')):.2f}", f"{s.get(f'ppl_docs@{n}', float('nan')):.2f}{dagger}"]
-    cols += [f"{s.get(f'passkey@{k}', float('nan')):.0f}%" for k in lengths]
+    cols += [f"{s[k]:.0f}%" if k in s else "-" for k in keys or [f"passkey@{n}" for n in lengths]]
     cols += [f"{r['quant_s']:.0f}", "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"]
     for key in (f"ppl@{n}", f"ppl_docs@{n}"):
         g = gaps.get(key, {}).get((r["config"], r["method"]))
@@ -447,12 +443,11 @@ def _write(rows: list[dict], args, echo: bool) -> None:
     rows = sorted(rows, key=lambda r: (order.index(r["config"]), ORDER.index(r["method"])))
     n = args.lengths[0]
     gaps = {key: _gap(rows, key) for key in (f"ppl@{n}", f"ppl_docs@{n}")}
-    head = (f"| config | method | ppl@{n} held-out | ppl@{n} docs | "
-            + " | ".join(f"passkey@{k}" for k in args.lengths)
-            + " | quant s | peak GiB | RTN gap closed, held-out | RTN gap closed, docs |\n|"
-            + "---|" * (8 + len(args.lengths)))
+    keys = retrieval_keys(rows, args.lengths)
+    head = (f"| config | method | ppl@{n} held-out | ppl@{n} docs | " + " | ".join(keys)
+            + " | quant s | peak GiB | RTN gap closed, held-out | RTN gap closed, docs |\n|" + "---|" * (8 + len(keys)))
     fp_docs = next((r.get("docs_sha256") for r in rows if r["method"] == "fp"), None)
-    lines = [head] + [_line(r, args.lengths, gaps, fp_docs) for r in rows]
+    lines = [head] + [_line(r, args.lengths, gaps, fp_docs, keys) for r in rows]
     other = sorted({r["docs_sha256"] for r in rows if r.get("docs_sha256", fp_docs) != fp_docs})
     if fp_docs and other:
         lines += ["", f"† scored on another docs text (sha256 {', '.join(other)}) than the fp row's ({fp_docs}): "
@@ -468,8 +463,9 @@ def _write(rows: list[dict], args, echo: bool) -> None:
     settings = (f"device cpu, {args.threads} torch thread(s) per row; calibration {args.nsamples} x {args.seqlen} "
                 f"tokens (compresskit's `build_samples(tok, 'builtin', ...)`, seed {args.seed}) for every calibrated "
                 f"method; perplexity over {args.ppl_windows} windows of the held-out split and of docs/*.md "
-                f"(sha256 {getattr(args, 'docs_sha256', '?')}, read once for the run); passkey {args.passkey_trials} "
-                f"trials per length; embeddings and lm_head kept in float for every method; the RTN gap closed is "
+                f"(sha256 {getattr(args, 'docs_sha256', '?')}, read once for the run); passkey "
+                f"{'and ' + args.extra_tasks.replace(',', ', ') + ': ' if getattr(args, 'extra_tasks', '') else ''}"
+                f"{args.passkey_trials} trials (samples) per length; embeddings and lm_head kept in float for every method; the RTN gap closed is "
                 f"(log ppl_rtn - log ppl_method) / (log ppl_rtn - log ppl_fp) at the same config; quant s and peak "
                 f"RSS are the row's process (a peer's includes its import and its own model load); git HEAD "
                 f"{getattr(args, 'git_head', '?')}.")

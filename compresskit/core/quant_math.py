@@ -43,11 +43,12 @@ def _group_reduce(w: torch.Tensor, group_size: int, op: str) -> torch.Tensor:
 
 
 def compute_qparams(
-    w: torch.Tensor, bits: int, group_size: int, sym: bool
+    w: torch.Tensor, bits: int, group_size: int, sym: bool, fp16_scale: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Min/max (round-to-nearest) scale and zero point per (row, group).
 
-    Returns ``scale`` (float32 holding fp16-representable values) and ``zero`` (int32), both
+    Returns ``scale`` (float32 holding fp16-representable values, the packed formats' scale dtype; plain
+    float32 with ``fp16_scale=False``, as GPTQ's rounding loop uses them) and ``zero`` (int32), both
     ``[out_features, groups]``. The range always includes 0, as GPTQ's quantizer does.
     """
     if w.dim() != 2:
@@ -58,10 +59,12 @@ def compute_qparams(
     xmax = _group_reduce(w, group_size, "max").clamp(min=0)
     if sym:
         absmax = torch.maximum(-xmin, xmax)
-        scale = (2 * absmax / maxq).clamp(min=SCALE_MIN).half().float()
+        scale = (2 * absmax / maxq).clamp(min=SCALE_MIN)
+        scale = scale.half().float() if fp16_scale else scale
         zero = torch.full_like(scale, (maxq + 1) // 2, dtype=torch.int32)
     else:
-        scale = ((xmax - xmin) / maxq).clamp(min=SCALE_MIN).half().float()
+        scale = ((xmax - xmin) / maxq).clamp(min=SCALE_MIN)
+        scale = scale.half().float() if fp16_scale else scale
         zero = torch.round(-xmin / scale).clamp(0, maxq).to(torch.int32)
     return scale, zero
 

@@ -2,14 +2,16 @@
 
 Per linear, with ``H = 2/n * X^T X`` from its calibration inputs, columns are rounded left to right
 and each rounding error is spread over the not-yet-rounded columns through the inverse Hessian's
-Cholesky factor. Groups get their scale/zero from the current (already compensated) weights when
-their first column is reached. With ``act_order`` columns are rounded in order of decreasing Hessian
+Cholesky factor. Groups get their scale/zero when their first column is reached, from the weights as
+compensated by the earlier 128-column blocks (not yet by the current block's columns), in float32, as the
+reference implementation and GPTQModel do: on the same Hessian the rounded weights are GPTQModel's
+(tests/quant/test_gptq.py holds a column-by-column reference); the scales are stored as fp16. With ``act_order`` columns are rounded in order of decreasing Hessian
 diagonal (the inputs with the most energy first) and groups take their parameters up front from the
 original weights ("static groups", as GPTQModel's ``static_groups``), so ``g_idx`` stays ``i // group_size``
 and every kernel and loader reads the result. With ``act_group_aware`` (GPTQModel's default; Gafni et al.,
 "Group Aware Reordering", CVPRW 2025) the groups stay the natural ones but are rounded in order of their
 largest Hessian diagonal, each group's columns by decreasing diagonal, and each group takes its parameters
-from the compensated weights when it is reached: the ordering's gain without static groups. When the damped Hessian does not factor (dead or collinear
+when it is reached: the ordering's gain without static groups. When the damped Hessian does not factor (dead or collinear
 inputs from too few tokens), the damping grows tenfold until it does; the damping used is reported.
 Within a block, linear groups run in execution order (q/k/v, o, gate/up, down), each on inputs
 produced by the already-quantized earlier linears ("true sequential").
@@ -40,7 +42,7 @@ class GPTQConfig(CalibratedConfig):
     diagonal added for stability (raised tenfold, up to 1, while the Hessian does not factor);
     ``block_size`` columns are updated lazily together; ``act_order`` rounds columns by decreasing Hessian
     diagonal with static groups; ``act_group_aware`` orders whole groups (and the columns within each) by the
-    Hessian diagonal and keeps per-group parameters from the compensated weights. The default calibration is 128 x 2048 tokens (at least 64K are advised:
+    Hessian diagonal and takes each group's parameters when it is reached. The default calibration is 128 x 2048 tokens (at least 64K are advised:
     the down projection's Hessian is 1536-8192 wide)."""
 
     method: str = "gptq"
@@ -82,8 +84,8 @@ def group_aware_order(diag: torch.Tensor, group_size: int) -> torch.Tensor:
     n = diag.numel()
     whole = n // group_size * group_size
     per_group = diag[:whole].view(-1, group_size)
-    local = torch.argsort(per_group, dim=1, descending=True)
-    groups = torch.argsort(per_group.max(dim=1).values, descending=True)
+    local = torch.argsort(per_group, dim=1, descending=True, stable=True)
+    groups = torch.argsort(per_group.max(dim=1).values, descending=True, stable=True)
     order = (local[groups] + groups[:, None] * group_size).reshape(-1)
     tail = torch.arange(whole, n, device=diag.device)
     return torch.cat([order, tail[torch.argsort(diag[whole:], descending=True)]])
@@ -109,7 +111,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, entry: LinearEntry, da
     order = torch.arange(in_f, device=W.device)
     if act_order:  # static groups: every group's parameters from the original weights, before any update
         for g in range(groups):
-            s, z = compute_qparams(W[:, g * gs:(g + 1) * gs], entry.bits, -1, entry.sym)
+            s, z = compute_qparams(W[:, g * gs:(g + 1) * gs], entry.bits, -1, entry.sym, fp16_scale=False)
             scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
         order = torch.argsort(torch.diag(H), descending=True)
     elif act_group_aware:  # each group's columns stay together: its parameters are taken when it is reached
@@ -126,9 +128,9 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, entry: LinearEntry, da
         for i in range(i2 - i1):
             col = columns[i1 + i]  # the column of the original weight
             g = col // gs
-            if not act_order and (i1 + i) % gs == 0:  # a group starts: parameters from the compensated weights
-                current = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, : min(gs, in_f - g * gs)]
-                s, z = compute_qparams(current, entry.bits, -1, entry.sym)
+            if not act_order and (i1 + i) % gs == 0:  # a group starts: parameters from W as the block began
+                current = W[:, i1 + i:i1 + i + min(gs, in_f - g * gs)]
+                s, z = compute_qparams(current, entry.bits, -1, entry.sym, fp16_scale=False)
                 scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
             q = torch.clamp(torch.round(W1[:, i] / scale[:, g]) + zero[:, g], 0, maxq)
             Q[:, col] = q.to(torch.uint8)
@@ -136,7 +138,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, entry: LinearEntry, da
             W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    return Q, scale, zero, damp
+    return Q, scale.half().float(), zero, damp  # the packed format's fp16 scales
 
 
 def _hessians(block: nn.Module, names: list[str], stream: torch.Tensor, kwargs: dict[str, Any],
