@@ -120,6 +120,18 @@ def retrieval_keys(rows: list[dict], lengths: list[int]) -> list[str]:
     return [f"{t}@{n}" for t in tasks for n in lengths]
 
 
+def merged_docs_sha(shas: set) -> str | None:
+    """The docs sha256 of merged runs, "a/b" (and a warning: their docs perplexities do not compare) when they
+    scored different texts; runs that recorded none (files from before the sha was kept) are left out."""
+    import sys
+
+    recorded = sorted(str(s) for s in shas if s)
+    if len(recorded) > 1:
+        print(f"warning: the merged runs scored different docs texts (sha256 {recorded}): their docs perplexities "
+              "are not comparable", file=sys.stderr)
+    return "/".join(recorded) or None
+
+
 def pin_docs(args: argparse.Namespace, tmp: str | Path) -> None:
     """Read the docs text once (``--docs-file`` or docs/*.md now) into ``tmp``: every row of the run scores
     it, whatever happens to docs/ meanwhile; ``args.docs_sha256`` names it in the results."""

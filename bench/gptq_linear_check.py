@@ -29,6 +29,7 @@ def check(lin, X, bits: int, group_size: int, mode: str) -> dict:
     from gptqmodel.quantization.gptq import GPTQ
 
     from compresskit.core.manifest import LinearEntry
+    from compresskit.core.quant_math import dequantize
     from compresskit.quant.gptq import gptq_quantize
 
     qc = QuantizeConfig(bits=bits, group_size=group_size, sym=False, damp_percent=0.01, offload_to_disk=False,
@@ -44,12 +45,11 @@ def check(lin, X, bits: int, group_size: int, mode: str) -> dict:
     theirs = task.quantize()[0].float()
     W = lin.weight.detach().float()
     flat = X.reshape(-1, X.shape[-1])
-    idx = torch.arange(W.shape[1]) // group_size
     row = {"mode": mode}
     for label, h in (("their H", h_theirs), ("own H", 2 * flat.T @ flat / X.shape[0])):
         q, s, z, _ = gptq_quantize(W, h, LinearEntry(bits, group_size, False), act_order=mode == "act-order",
                                    act_group_aware=mode == "group-aware")
-        ours = s[:, idx] * (q.float() - z[:, idx].float())
+        ours = dequantize(q, s, z, group_size)
         row[f"gap, {label}"] = ((theirs - ours).norm() / W.norm()).item()
         row[f"error, compresskit, {label}"] = ((ours - W).norm() / W.norm()).item()
     row["error, GPTQModel"] = ((theirs - W).norm() / W.norm()).item()

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, handled, gap_share, pin_docs, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, handled, gap_share, merged_docs_sha, pin_docs, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {  # name -> QuantConfig fields
     "w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64),
@@ -164,12 +164,7 @@ def _merge(args) -> None:
             setattr(args, key, data["settings"][key])
         shas.add(data["settings"].get("docs_sha256"))
         rows.update({(r["config"], r["method"]): r for r in data["rows"]})
-    # the docs text each run scored: one sha when they agree; all of them (and a warning) when they do not
-    recorded = sorted(s for s in shas if s)  # files merged before the sha was kept carry none
-    args.docs_sha256 = "/".join(recorded) or None
-    if len(recorded) > 1:
-        print(f"warning: the merged runs scored different docs texts (sha256 {recorded}): their docs perplexities "
-              "are not comparable", file=sys.stderr)
+    args.docs_sha256 = merged_docs_sha(shas)
     order = ["fp"] + list(CONFIGS)
     methods = ["fp", "rtn", "gptq", "gptq_act", "gptq_gar", "nf4", "smoothquant", "clipsearch", "omniquant", "omniquant_search",
                "omniquant_e2e", "omniquant_default", "omniquant_let"]

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, handled, gap_share, pin_docs, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, handled, gap_share, merged_docs_sha, pin_docs, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {"w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64)}
 OURS = ("fp", "rtn", "gptq", "gptq_act", "gptq_gar", "omniquant_default")
@@ -397,11 +397,7 @@ def _merge(args) -> None:
                 setattr(args, key, value)
         rows.update({(r["config"], r["method"]): r for r in data["rows"]})
     args.docs_only = False
-    shas = {r.get("docs_sha256") for r in rows.values() if "scores" in r}
-    args.docs_sha256 = "/".join(sorted(map(str, shas)))
-    if len(shas) > 1:
-        print(f"warning: the runs scored different docs texts (sha256 {sorted(map(str, shas))}): "
-              "their docs perplexities are not comparable", file=sys.stderr)
+    args.docs_sha256 = merged_docs_sha({r.get("docs_sha256") for r in rows.values() if "scores" in r})
     _write(list(rows.values()), args, echo=True)
 
 
@@ -421,7 +417,7 @@ def _gap(rows: list[dict], key: str) -> dict[tuple[str, str], float]:
             and r["config"] in rtn and rtn[r["config"]] > fp and same(r)}
 
 
-def _line(r: dict, lengths: list[int], gaps: dict, fp_docs: str | None = None, keys: list[str] = ()) -> str:
+def _line(r: dict, lengths: list[int], gaps: dict, fp_docs: str | None, keys: list[str]) -> str:
     if "error" in r or "docs_only" in r:
         if "docs_only" in r:
             return f"| {r['config']} | {r['method']} | docs {r['scores'].get(f'ppl_docs@{lengths[0]}', float('nan')):.2f} |"
@@ -430,7 +426,7 @@ def _line(r: dict, lengths: list[int], gaps: dict, fp_docs: str | None = None, k
     n = lengths[0]
     dagger = " †" if fp_docs and r.get("docs_sha256", fp_docs) != fp_docs else ""
     cols = [f"{s.get(f'ppl@{n}', float('nan')):.2f}", f"{s.get(f'ppl_docs@{n}', float('nan')):.2f}{dagger}"]
-    cols += [f"{s[k]:.0f}%" if k in s else "-" for k in keys or [f"passkey@{n}" for n in lengths]]
+    cols += [f"{s[k]:.0f}%" if k in s else "-" for k in keys]
     cols += [f"{r['quant_s']:.0f}", "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**30:.2f}"]
     for key in (f"ppl@{n}", f"ppl_docs@{n}"):
         g = gaps.get(key, {}).get((r["config"], r["method"]))
