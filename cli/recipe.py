@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from .common import EXIT_GATE_FAILED, check_device, device_option, dtype_option, print_push, run_user, token_option
-from .render import console, err_console, rows_table
+from .render import console, err_console, progress_log, rows_table
 
 SHIPPED = "serve-4bit, smallest-4k-passkey"  # tests/cli/test_cli_recipe.py checks this against the package
 STATE_WORDS = {"cached": "done before", "skip": "not needed (what reads it is done)"}
@@ -28,6 +28,7 @@ def recipe_progress(plan: Any) -> Iterator[Callable[[Any], None]]:
         overall = progress.add_task(escape(f"recipe {plan.recipe.name}"), total=n)
         current = progress.add_task("", total=1, visible=False)
         titles: dict[int, str] = {}
+        log = progress_log(console)  # off a terminal (a log file), a line now and then
 
         def on_event(event: Any) -> None:
             s = event.stage
@@ -38,8 +39,10 @@ def recipe_progress(plan: Any) -> Iterator[Callable[[Any], None]]:
             elif event.kind == "phase":
                 progress.update(current, description=escape(f"{title}: {event.label}"))
             elif event.kind == "advance":
-                progress.update(current, advance=event.n,
-                                description=escape(f"{title}: {event.message}" if event.message else title))
+                label = f"{title}: {event.message}" if event.message else title
+                progress.update(current, advance=event.n, description=escape(label))
+                task = next(t for t in progress.tasks if t.id == current)
+                log(label, int(task.completed), int(task.total or 0))
             elif event.kind == "note":
                 progress.console.print(f"  {escape(title)}: {escape(event.message)}", soft_wrap=True)
             else:

@@ -1,6 +1,7 @@
 """Terminal output for the CLI: progress bars, tables, and error messages."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -13,22 +14,48 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+LOG_INTERVAL_S = 60.0  # off a terminal (a log file, CI): a progress line at most this often
+
+
 @contextmanager
 def progress_bar(description: str, total: int, to: Console = console) -> Iterator[Callable[..., None]]:
     """A bar with an ETA on ``to`` (stderr when stdout carries JSON); yields ``advance(n=1, message=None)``
-    (the message follows the description)."""
+    (the message follows the description). Off a terminal, where rich draws the bar once at the end, a
+    plain line with the count, the elapsed time and the latest message comes at most every
+    ``LOG_INTERVAL_S`` seconds, so a long run written to a log shows how far it is."""
     with Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=to, transient=False,
     ) as progress:
         task = progress.add_task(escape(description), total=total)
+        log = progress_log(to)
+        done = [0]
 
         def advance(n: int = 1, message: str | None = None) -> None:
             if message:
                 progress.update(task, description=escape(f"{description}: {message}"))
             progress.advance(task, n)
+            done[0] += n
+            log(f"{description}: {message}" if message else description, done[0], total)
 
         yield advance
+
+
+def progress_log(to: Console) -> Callable[[str, int, int], None]:
+    """``log(label, done, total)``: off a terminal, a line "label (done/total, h:mm:ss)" at most every
+    ``LOG_INTERVAL_S`` seconds (the elapsed time since this call); on a terminal nothing (the bar shows it)."""
+    start = last = time.monotonic()
+
+    def log(label: str, done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if to.is_terminal or now - last < LOG_INTERVAL_S:
+            return
+        last = now
+        m, sec = divmod(int(now - start), 60)
+        to.print(escape(f"{label} ({done}/{total}, {m // 60}:{m % 60:02d}:{sec:02d})"), soft_wrap=True)
+
+    return log
 
 
 @contextmanager
@@ -169,10 +196,12 @@ def info_table(info: dict[str, Any]) -> Table:
 
 
 @contextmanager
-def phase_progress() -> Iterator[Callable[[Any], None]]:
+def phase_progress(to: Console | None = None) -> Iterator[Callable[[Any], None]]:
     """The display of a one-pass run (``compresskit quantize / prune / distill``): each phase the runner
     starts (loading, evaluating, the pass itself, saving) gets its own line, a bar when it has work units
-    (a spinner while it loads or saves), and notes are printed as they come. Yields ``on_event``."""
+    (a spinner while it loads or saves), and notes are printed as they come, above the bar that keeps counting.
+    Yields ``on_event``; ``to``: the console (the CLI's stdout by default)."""
+    to = to or console
     current: list[Any] = [None, None]  # the open context, its advance function
 
     def close() -> None:
@@ -183,14 +212,13 @@ def phase_progress() -> Iterator[Callable[[Any], None]]:
     def on_event(event: Any) -> None:
         if event.kind == "phase":
             close()
-            cm = progress_bar(event.label, event.n) if event.n else status(event.label)
+            cm = progress_bar(event.label, event.n, to) if event.n else status(event.label, to)
             current[1] = cm.__enter__()
             current[0] = cm
         elif event.kind == "advance" and current[1] is not None:
             current[1](event.n, event.message or None)
-        elif event.kind == "note":
-            close()
-            console.print(escape(event.message), soft_wrap=True)
+        elif event.kind == "note":  # above the open bar (rich prints it there): the bar keeps counting
+            to.print(escape(event.message), soft_wrap=True)
         elif event.kind in ("done", "cached", "skip"):
             close()
 
