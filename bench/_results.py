@@ -102,14 +102,21 @@ def score_model(model: Any, tok: Any, args: argparse.Namespace) -> tuple[dict[st
                                   ppl_windows=args.ppl_windows, passkey_trials=args.passkey_trials, seed=args.seed,
                                   cache=False)
     scores = {f"{r.task}@{r.length}": r.score for r in report.rows}
-    docs = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=args.lengths[:1], ppl_windows=args.ppl_windows,
-                                seed=args.seed, cache=False, text=Path(args.docs_file).read_text())
-    scores |= {f"ppl_docs@{r.length}": r.score for r in docs.rows}
+    scores |= docs_ppl(model, tok, args)
     if getattr(args, "extra_tasks", ""):
         extra = compresskit.evaluate(model, tok, tasks=args.extra_tasks.split(","), lengths=args.lengths,
                                      samples=args.passkey_trials, seed=args.seed, cache=False)
         scores |= {f"{r.task}@{r.length}": r.score for r in extra.rows}
     return scores, report.seconds
+
+
+def docs_ppl(model: Any, tok: Any, args: argparse.Namespace) -> dict[str, float]:
+    """``{"ppl_docs@N": ...}``: the perplexity of ``args.docs_file`` (see `pin_docs`) at the first length."""
+    import compresskit
+
+    docs = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=args.lengths[:1], ppl_windows=args.ppl_windows,
+                                seed=args.seed, cache=False, text=Path(args.docs_file).read_text())
+    return {f"ppl_docs@{r.length}": r.score for r in docs.rows}
 
 
 def retrieval_keys(rows: list[dict], lengths: list[int]) -> list[str]:

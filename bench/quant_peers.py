@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, handled, gap_share, merged_docs_sha, pin_docs, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, docs_ppl, handled, gap_share, merged_docs_sha, pin_docs, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {"w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64)}
 OURS = ("fp", "rtn", "gptq", "gptq_act", "gptq_gar", "omniquant_default")
@@ -80,14 +80,9 @@ def run_one(args: argparse.Namespace) -> dict:
         model, tok, quant_s, peak = _ours(method, cfg, args)
     else:
         model, tok, quant_s, peak, extra = _peer(method, cfg, args)
-    import compresskit
-
     if args.docs_only:  # the docs perplexity alone (re-scoring rows of an earlier run on another docs text)
-        other = compresskit.evaluate(model, tok, tasks=("ppl",), lengths=args.lengths[:1],
-                                     ppl_windows=args.ppl_windows, seed=args.seed, cache=False,
-                                     text=Path(args.docs_file).read_text())
         return {"method": method, "config": name, "docs_only": True, "docs_sha256": args.docs_sha256,
-                "scores": {f"ppl_docs@{r.length}": r.score for r in other.rows}}
+                "scores": docs_ppl(model, tok, args)}
     scores, eval_s = score_model(model, tok, args)
     return {"method": method, "config": name, "quant_s": quant_s, "peak_bytes": peak, "scores": scores,
             "eval_s": eval_s, "versions": _versions(), **extra}

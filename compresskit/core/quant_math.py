@@ -57,14 +57,12 @@ def compute_qparams(
     w = w.float()
     xmin = _group_reduce(w, group_size, "min").clamp(max=0)
     xmax = _group_reduce(w, group_size, "max").clamp(min=0)
+    span = 2 * torch.maximum(-xmin, xmax) if sym else xmax - xmin
+    scale = (span / maxq).clamp(min=SCALE_MIN)
+    scale = scale.half().float() if fp16_scale else scale  # the zero point is computed from the stored scale
     if sym:
-        absmax = torch.maximum(-xmin, xmax)
-        scale = (2 * absmax / maxq).clamp(min=SCALE_MIN)
-        scale = scale.half().float() if fp16_scale else scale
         zero = torch.full_like(scale, (maxq + 1) // 2, dtype=torch.int32)
     else:
-        scale = ((xmax - xmin) / maxq).clamp(min=SCALE_MIN)
-        scale = scale.half().float() if fp16_scale else scale
         zero = torch.round(-xmin / scale).clamp(0, maxq).to(torch.int32)
     return scale, zero
 
