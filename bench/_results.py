@@ -79,7 +79,8 @@ def add_eval_options(ap: argparse.ArgumentParser, out: Path, extra_tasks: str = 
     ap.add_argument("--extra-tasks", default=extra_tasks, help="comma-separated evaluation tasks scored at every "
                     "length besides ppl and passkey, e.g. niah_single_1,niah_multikey_1 (samples = --passkey-trials)")
     ap.add_argument("--ppl-windows", type=int, default=4)
-    ap.add_argument("--passkey-trials", type=int, default=10)
+    ap.add_argument("--passkey-trials", type=int, default=10, help="passkey trials (and needle samples) per "
+                    "length; 0 scores the perplexities alone")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(out))
     ap.add_argument("--no-fp", action="store_true", help="skip the fp row (when merging with a run that has it)")
@@ -95,15 +96,17 @@ def add_eval_options(ap: argparse.ArgumentParser, out: Path, extra_tasks: str = 
 def score_model(model: Any, tok: Any, args: argparse.Namespace) -> tuple[dict[str, float], float]:
     """``(scores, seconds)``: held-out perplexity and passkey at ``args.lengths``, the docs perplexity at the first
     length (``args.docs_file``, see `pin_docs`) and ``args.extra_tasks`` (as many samples per length as passkey
-    trials), the way every quality bench row is scored; seconds are those of the first evaluation."""
+    trials), the way every quality bench row is scored; seconds are those of the first evaluation.
+    ``--passkey-trials 0`` scores the perplexities alone (no retrieval task)."""
     import compresskit
 
-    report = compresskit.evaluate(model, tok, tasks=("ppl", "passkey"), lengths=args.lengths,
-                                  ppl_windows=args.ppl_windows, passkey_trials=args.passkey_trials, seed=args.seed,
-                                  cache=False)
+    retrieval = {"tasks": ("ppl", "passkey"), "passkey_trials": args.passkey_trials} if args.passkey_trials else {
+        "tasks": ("ppl",)}
+    report = compresskit.evaluate(model, tok, lengths=args.lengths, ppl_windows=args.ppl_windows, seed=args.seed,
+                                  cache=False, **retrieval)
     scores = {f"{r.task}@{r.length}": r.score for r in report.rows}
     scores |= docs_ppl(model, tok, args)
-    if getattr(args, "extra_tasks", ""):
+    if getattr(args, "extra_tasks", "") and args.passkey_trials:
         extra = compresskit.evaluate(model, tok, tasks=args.extra_tasks.split(","), lengths=args.lengths,
                                      samples=args.passkey_trials, seed=args.seed, cache=False)
         scores |= {f"{r.task}@{r.length}": r.score for r in extra.rows}
