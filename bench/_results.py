@@ -73,6 +73,26 @@ def handled(args: argparse.Namespace, run_one: Callable[[argparse.Namespace], di
     return False
 
 
+GPTQ_ORDERS = {"gptq": {}, "gptq_act": {"act_order": True}, "gptq_gar": {"act_group_aware": True}}
+BASELINES = ("rtn", *GPTQ_ORDERS)
+
+
+def quantize_baseline(model: Any, tok: Any, method: str, base: dict, calib: dict) -> None:
+    """compresskit's RTN and GPTQ rows (``rtn``, and ``gptq`` / ``gptq_act`` / ``gptq_gar``: the column orders of
+    `GPTQ_ORDERS`), run alike in every quality bench: quantize ``model`` in place with ``base`` (width, group,
+    embeddings) and, for GPTQ, ``calib`` (nsamples, seqlen, calib, seed)."""
+    import compresskit
+    from compresskit.core.config import QuantConfig
+    from compresskit.quant.gptq import GPTQConfig
+
+    if method == "rtn":
+        compresskit.quantize(model, QuantConfig(**base))
+    elif method in GPTQ_ORDERS:
+        compresskit.quantize(model, GPTQConfig(**base, **calib, **GPTQ_ORDERS[method]), tokenizer=tok)
+    else:
+        raise ValueError(f"{method!r} is not one of {BASELINES}")
+
+
 def add_eval_options(ap: argparse.ArgumentParser, out: Path, extra_tasks: str = "") -> None:
     """The evaluation and run options the quality benches share (one spelling, one default each)."""
     ap.add_argument("--lengths", default="2048,4096")

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, handled, gap_share, merged_docs_sha, pin_docs, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
+from _results import BASELINES, add_eval_options, handled, gap_share, merged_docs_sha, pin_docs, quantize_baseline, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {  # name -> QuantConfig fields
     "w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64),
@@ -45,8 +45,6 @@ def run_one(args: argparse.Namespace) -> dict:
     import torch
 
     import compresskit
-    from compresskit.core.config import QuantConfig
-    from compresskit.quant.gptq import GPTQConfig
     from compresskit.quant.omniquant import OmniQuantConfig
 
     method, name = args.one.split(":")
@@ -59,11 +57,8 @@ def run_one(args: argparse.Namespace) -> dict:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    if method == "rtn":
-        compresskit.quantize(model, QuantConfig(**base))
-    elif method in ("gptq", "gptq_act", "gptq_gar"):
-        compresskit.quantize(model, GPTQConfig(**base, **calib, act_order=method == "gptq_act",
-                                               act_group_aware=method == "gptq_gar"), tokenizer=tok)
+    if method in BASELINES:
+        quantize_baseline(model, tok, method, base, calib)
     elif method == "clipsearch":
         compresskit.quantize(model, OmniQuantConfig(**base, **fixed, epochs=0, clip_init="search"), tokenizer=tok)
     elif method == "omniquant_e2e":

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import add_eval_options, docs_ppl, handled, gap_share, merged_docs_sha, pin_docs, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
+from _results import add_eval_options, docs_ppl, handled, gap_share, merged_docs_sha, pin_docs, quantize_baseline, retrieval_keys, saved_model_path, score_model, write_results  # bench/_results.py (run by path)
 
 CONFIGS = {"w4g64": dict(wbits=4, group_size=64), "w3g64": dict(wbits=3, group_size=64)}
 OURS = ("fp", "rtn", "gptq", "gptq_act", "gptq_gar", "omniquant_default")
@@ -96,19 +96,13 @@ def _ours(method: str, cfg: dict, args):
     import torch
 
     import compresskit
-    from compresskit.core.config import QuantConfig
-    from compresskit.quant.gptq import GPTQConfig
 
     model, tok = compresskit.load_model(args.model, device="cpu")
     torch.manual_seed(args.seed)
-    base = dict(cfg, embed_bits=16)
     t0 = time.perf_counter()
-    if method == "rtn":
-        compresskit.quantize(model, QuantConfig(**base))
-    elif method in ("gptq", "gptq_act", "gptq_gar"):
-        compresskit.quantize(model, GPTQConfig(**base, nsamples=args.nsamples, seqlen=args.seqlen, calib="builtin",
-                                               seed=args.seed, act_order=method == "gptq_act",
-                                               act_group_aware=method == "gptq_gar"), tokenizer=tok)
+    if method != "fp":
+        quantize_baseline(model, tok, method, dict(cfg, embed_bits=16),
+                          dict(nsamples=args.nsamples, seqlen=args.seqlen, calib="builtin", seed=args.seed))
     return model, tok, time.perf_counter() - t0, _peak()
 
 

@@ -110,9 +110,7 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, entry: LinearEntry, da
     zero = torch.zeros(out_f, groups, dtype=torch.int32, device=W.device)
     order = torch.arange(in_f, device=W.device)
     if act_order:  # static groups: every group's parameters from the original weights, before any update
-        for g in range(groups):
-            s, z = compute_qparams(W[:, g * gs:(g + 1) * gs], entry.bits, -1, entry.sym, fp16_scale=False)
-            scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
+        scale, zero = compute_qparams(W, entry.bits, entry.group_size, entry.sym, fp16_scale=False)
         order = torch.argsort(torch.diag(H), descending=True)
     elif act_group_aware:  # each group's columns stay together: its parameters are taken when it is reached
         order = group_aware_order(torch.diag(H), gs)
