@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _results import pin_docs, write_results  # bench/_results.py (run by path)
+from quant_peers import DEFAULT_PEER_PYTHON
 
 HERE = Path(__file__).parent
 PAIRS = "gptq:gptqmodel_plain,gptq_gar:gptqmodel"
@@ -118,20 +119,15 @@ def main() -> None:
     ap.add_argument("--ppl-windows", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of each row")
     ap.add_argument("--parallel", type=int, default=1, help="seeds run at the same time")
-    ap.add_argument("--python", default=None, help="interpreter of the GPTQModel rows (quant_peers.py's --python)")
+    ap.add_argument("--python", default=DEFAULT_PEER_PYTHON, help="interpreter of the GPTQModel rows (quant_peers.py's "
+                    "--python)")
     ap.add_argument("--docs-file", help="score this text instead of docs/*.md now")
     ap.add_argument("--rerun", action="store_true", help="run seeds again whose table exists")
     ap.add_argument("--out", default=str(HERE / "results" / "gptq_spread"))
     args = ap.parse_args()
-    try:
-        pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
-        assert all(len(p) == 2 for p in pairs)
-    except AssertionError:
+    pairs = [tuple(p.split(":")) for p in args.pairs.split(",")]
+    if any(len(p) != 2 for p in pairs):
         ap.error(f"--pairs wants ours:peer pairs separated by commas, e.g. {PAIRS}; got {args.pairs!r}")
-    if args.python is None:
-        sys.path.insert(0, str(HERE))
-        from quant_peers import DEFAULT_PEER_PYTHON
-        args.python = DEFAULT_PEER_PYTHON
     if not Path(args.python).exists():
         ap.error(f"no GPTQModel interpreter at {args.python}: run `bash bench/setup_peer_venvs.sh gptqmodel` or "
                  "pass --python")
