@@ -53,36 +53,70 @@ def capture_block_inputs(model: nn.Module, ids: torch.Tensor, batch_size: int) -
     return torch.cat(inputs), kwargs
 
 
+class _Enough(Exception):
+    """Raised inside a block once every watched module has seen its input: the rest of the forward is not needed."""
+
+
 @torch.no_grad()
 def run_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any], batch_size: int,
               stats_of: dict[str, nn.Module] | None = None, grams_of: dict[str, nn.Module] | None = None,
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              outputs: bool = True) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """The block over a whole stream, micro-batch by micro-batch; optionally the per-channel absmax of the
     inputs of ``stats_of`` modules (for LET's initialisation) and the Gram matrix ``X^T X / n`` of the inputs
-    of ``grams_of`` modules (key ``gram.NAME``, on the inputs' device; GPTQ's Hessians, the clipping search)."""
+    of ``grams_of`` modules (key ``gram.NAME``, on the inputs' device; GPTQ's Hessians, the clipping search).
+    With ``outputs=False`` the block's output is not wanted (``None`` is returned for it): each micro-batch's
+    forward stops as soon as every watched module has seen its input, so statistics of the attention
+    projections cost a norm rather than a whole block."""
     device = next(block.parameters()).device
     stats: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
+    watched = {**(stats_of or {}), **{f"gram.{k}": m for k, m in (grams_of or {}).items()}}
+    if not outputs and not watched:
+        raise ValueError("run_block(outputs=False) without stats_of or grams_of computes nothing")
+    seen: set[str] = set()
+
+    def done(key: str) -> None:
+        seen.add(key)
+        if not outputs and len(seen) == len(watched):
+            raise _Enough
+
     hooks = []
     for key, module in (stats_of or {}).items():
         def hook(m, args, key=key):
             a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(dim=0).float().cpu()
             stats[key] = a if key not in stats else torch.maximum(stats[key], a)
+            done(key)
         hooks.append(module.register_forward_pre_hook(hook))
+    shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(input) -> (input, its Gram), one micro-batch
     for key, module in (grams_of or {}).items():
         def gram(m, args, key=f"gram.{key}"):
-            a = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            stats[key] = stats.get(key, 0) + a.t() @ a
-            counts[key] = counts.get(key, 0) + a.shape[0]
+            x = args[0]
+            if id(x) in shared and shared[id(x)][0] is x:  # q/k/v and gate/up read one tensor: one product
+                g = shared[id(x)][1]
+            else:
+                a = x.detach().reshape(-1, x.shape[-1]).float()
+                g = a.t() @ a
+                shared[id(x)] = (x, g)  # holding x keeps its id from being reused within the micro-batch
+            stats[key] = g.clone() if key not in stats else stats[key] + g
+            counts[key] = counts.get(key, 0) + x.numel() // x.shape[-1]
+            done(key)
         hooks.append(module.register_forward_pre_hook(gram))
     outs = []
     try:
         for xb in x.split(batch_size):
-            out = block(xb.to(device), **kwargs)
+            seen.clear()
+            shared.clear()
+            try:
+                out = block(xb.to(device), **kwargs)
+            except _Enough:
+                continue
+            if not outputs:  # a watched module was not reached: a wrong name would give an empty statistic
+                raise RuntimeError(f"run_block: the block's forward never reached {sorted(set(watched) - seen)}")
             outs.append((out[0] if isinstance(out, tuple) else out).float().cpu())
     finally:
+        shared.clear()
         for h in hooks:
             h.remove()
     for key, n in counts.items():
         stats[key] = stats[key] / n
-    return torch.cat(outs), stats
+    return (torch.cat(outs) if outputs else None), stats

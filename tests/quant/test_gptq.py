@@ -23,7 +23,7 @@ def test_diagonal_hessian_reduces_to_round_to_nearest(bits, group_size, sym):
     q, scale, zero, _ = gptq_quantize(w, h, LinearEntry(bits, group_size, sym), block_size=48)
     # GPTQ rounds with float32 scales (as the reference and GPTQModel) and stores them as fp16
     s_ref, z_ref = compute_qparams(w, bits, group_size, sym, fp16_scale=False)
-    assert torch.equal(scale, s_ref.half().float()) and torch.equal(zero, z_ref)
+    assert torch.equal(scale, s_ref) and torch.equal(zero, z_ref)
     assert torch.equal(q, quantize(w, s_ref, z_ref, bits, group_size))
 
 
@@ -76,7 +76,7 @@ def test_correlated_inputs_get_lower_output_error_than_rtn():
     # act-order with static groups: the group parameters are RTN's, g_idx stays i // 32, error stays low
     q, scale, zero, _ = gptq_quantize(w, h, entry, act_order=True)
     s_32, z_32 = compute_qparams(w, 3, 32, False, fp16_scale=False)
-    assert torch.equal(scale, s_32.half().float()) and torch.equal(zero, z_32)
+    assert torch.equal(scale, s_32) and torch.equal(zero, z_32)
     assert err(dequantize(q, scale, zero, 32)) < 0.8 * err(w_rtn)
 
 
@@ -167,7 +167,7 @@ def test_group_aware_gptq_is_rtn_on_a_diagonal_hessian_and_beats_it_otherwise():
     entry = LinearEntry(4, 32, False)
     q, scale, zero, _ = gptq_quantize(w, h, entry, act_group_aware=True)
     s_ref, z_ref = compute_qparams(w, 4, 32, False, fp16_scale=False)
-    assert torch.equal(scale, s_ref.half().float()) and torch.equal(zero, z_ref)
+    assert torch.equal(scale, s_ref) and torch.equal(zero, z_ref)
     assert torch.equal(q, quantize(w, s_ref, z_ref, 4, 32))
     # correlated inputs with a few loud channels: lower output error than RTN and than plain GPTQ's order
     w = torch.randn(64, 128, generator=g)
@@ -187,3 +187,56 @@ def test_group_aware_gptq_is_rtn_on_a_diagonal_hessian_and_beats_it_otherwise():
 def test_act_order_and_act_group_aware_are_exclusive():
     with pytest.raises(ValueError, match="set one of them"):
         GPTQConfig(wbits=4, group_size=32, act_order=True, act_group_aware=True)
+
+
+def _gptq_with_plain_hooks(model, ids, entry: LinearEntry, batch_size: int) -> dict[str, torch.Tensor]:
+    """GPTQ over a whole model written another way: each linear group's inputs caught by hooks on full-model
+    forwards, quantized linears kept as float32-scale dense weights (inputs fake-quantized for W-A) while the
+    rest is calibrated. Returns linear name -> codes."""
+    from compresskit.core.arch import get_arch, get_module
+    from compresskit.core.quant_math import quantize_activations
+
+    arch, codes = get_arch(model), {}
+    if entry.abits < 16:  # W-A recipes also fake-quantize q/k/v inside attention (not GPTQ's business)
+        from compresskit.quant.apply import enable_activation_quantization
+
+        enable_activation_quantization(model, QuantConfig(wbits=entry.bits, abits=entry.abits))
+    for i, block in enumerate(arch.blocks_of(model)):
+        for group in arch.groups:
+            grams = {n: torch.zeros(()) for n in group.linears}
+            hooks = []
+            for n in group.linears:
+                def hook(m, args, n=n):
+                    a = args[0].reshape(-1, args[0].shape[-1])
+                    grams[n] = grams[n] + a.t() @ a
+                hooks.append(get_module(block, n).register_forward_pre_hook(hook))
+            with torch.no_grad():
+                for chunk in ids.split(batch_size):
+                    model(chunk)
+            for h in hooks:
+                h.remove()
+            for n in group.linears:
+                lin = get_module(block, n)
+                q, s, z, _ = gptq_quantize(lin.weight, 2 * grams[n] / ids.numel(), entry)
+                lin.weight.data = dequantize(q, s, z, entry.group_size)
+                if entry.abits < 16:
+                    lin.register_forward_pre_hook(lambda m, a: (quantize_activations(a[0], entry.abits),))
+                codes[f"{arch.blocks}.{i}.{n}"] = q
+    return codes
+
+
+@pytest.mark.parametrize("abits", [16, 8])
+def test_the_calibration_stream_is_float32_scale_weights_and_the_result_is_packed(abits):
+    from compresskit.core.formats import unpack_int
+
+    model = make_tiny_model("llama")
+    ids = torch.randint(0, 320, (4, 32), generator=torch.Generator().manual_seed(0))
+    ref = _gptq_with_plain_hooks(copy.deepcopy(model), ids, LinearEntry(3, 32, False, abits=abits), batch_size=2)
+    cfg = GPTQConfig(wbits=3, group_size=32, nsamples=4, seqlen=32, abits=abits, batch_size=2)
+    manifest = compresskit.quantize(model, cfg, calib=ids)
+    assert set(manifest.linears) == set(ref)
+    for name, q_ref in ref.items():
+        lin = model.get_submodule(name)
+        assert isinstance(lin, QuantLinear) and not lin._forward_pre_hooks  # packed, no calibration hook left
+        q = unpack_int(lin.qweight.t(), 3, q_ref.shape[1])
+        assert torch.equal(q, q_ref), name
