@@ -73,7 +73,7 @@ def handled(args: argparse.Namespace, run_one: Callable[[argparse.Namespace], di
     return False
 
 
-GPTQ_ORDERS = {"gptq": {}, "gptq_act": {"act_order": True}, "gptq_gar": {"act_group_aware": True}}
+GPTQ_ORDERS = {"gptq": {"act_group_aware": False}, "gptq_act": {"act_order": True}, "gptq_gar": {"act_group_aware": True}}
 BASELINES = ("rtn", *GPTQ_ORDERS)
 
 

@@ -5,9 +5,10 @@ seeds, at 64K calibration tokens (32 x 2048, the floor issue 20 asks of GPTQ; th
     bash bench/setup_peer_venvs.sh gptqmodel                       # GPTQModel's venv, once
     python bench/gptq_spread.py --configs w3g64 --seeds 0,1,2 --parallel 2
 
-One GPTQ run is one draw: at 3 bits the float sums' order alone (torch threads) moves GPTQModel's perplexity by
-~4% on 8K tokens (results/quant_peers.md), so "ours within 2% of GPTQModel" is a statement about the spread of
-both, not about one pair of runs. For every seed this runs ``quant_peers.py`` with the pairs' methods
+At 3 bits GPTQ amplifies float noise in its calibration stream: the torch thread count alone moves GPTQModel's
+perplexity by ~4% on 8K tokens, and running the later linears through fp16-scale weights instead of float32 ones
+moved compresskit's by up to 8% (results/quant_peers.md, docs/quantization.md). With the same stream and threads the
+two implementations give the same model; over seeds this shows how far the calibration draw moves both. For every seed this runs ``quant_peers.py`` with the pairs' methods
 (``--pairs``, default: natural column order ``gptq`` against ``gptqmodel_plain``, and group-aware ``gptq_gar``
 against ``gptqmodel``, GPTQModel's default), perplexity only (held-out and docs at 2048), and keeps its table in
 ``results/gptq_spread/seed<S>.{md,json}``; the first seed's run adds fp and RTN (seed-free). Seeds run
@@ -59,12 +60,14 @@ def summarize(runs: dict[int, dict], pairs: list[tuple[str, str]], args) -> tupl
     key, docs = f"ppl@{args.length}", f"ppl_docs@{args.length}"
     score = {(seed, r["config"], r["method"]): r["scores"] for seed, run in runs.items() for r in run["rows"]
              if "scores" in r}
+    secs = {(seed, r["config"], r["method"]): r.get("quant_s") for seed, run in runs.items() for r in run["rows"]}
     errors = [f"seed {seed} {r['config']}/{r['method']}: {r['error']}" for seed, run in runs.items()
               for r in run["rows"] if "error" in r]
     ref = {(c, m): s for (_, c, m), s in score.items() if m in ("fp", "rtn")}
     seeds = sorted(runs)
     lines = ["| config | ours | GPTQModel | seed | ours ppl | GPTQModel ppl | ours / GPTQModel | ours docs | "
-             "GPTQModel docs | ours / GPTQModel, docs |", "|" + "---|" * 10]
+             "GPTQModel docs | ours / GPTQModel, docs | ours quant s | GPTQModel quant s |", "|" + "---|" * 12]
+    fmt = lambda t: "-" if t is None else f"{t:.0f}"
     summary = []
     for config in args.configs.split(","):
         for ours, peer in pairs:
@@ -72,7 +75,8 @@ def summarize(runs: dict[int, dict], pairs: list[tuple[str, str]], args) -> tupl
                    if (s, config, ours) in score and (s, config, peer) in score]
             for s, a, b in got:
                 lines.append(f"| {config} | {ours} | {peer} | {s} | {a[key]:.2f} | {b[key]:.2f} | "
-                             f"{a[key] / b[key] - 1:+.1%} | {a[docs]:.2f} | {b[docs]:.2f} | {a[docs] / b[docs] - 1:+.1%} |")
+                             f"{a[key] / b[key] - 1:+.2%} | {a[docs]:.2f} | {b[docs]:.2f} | {a[docs] / b[docs] - 1:+.2%} | "
+                             f"{fmt(secs[(s, config, ours)])} | {fmt(secs[(s, config, peer)])} |")
             if not got:
                 continue
             row = {"config": config, "ours": ours, "peer": peer, "seeds": [s for s, _, _ in got]}
@@ -94,8 +98,8 @@ def summarize(runs: dict[int, dict], pairs: list[tuple[str, str]], args) -> tupl
             v = row[name]
             rtn = "-" if v["rtn"] is None else f"{v['rtn']:.2f}"
             lines.append(f"| {row['config']} | {row['ours']} | {row['peer']} | {name} | {v['ours_median']:.2f} | "
-                         f"{v['peer_median']:.2f} | {v['medians_ratio']:+.1%} | {v['ratio_median']:+.1%} | "
-                         f"{v['ratio_worst']:+.1%} | {v['ours_spread']:.1%} | {v['peer_spread']:.1%} | {rtn} |")
+                         f"{v['peer_median']:.2f} | {v['medians_ratio']:+.2%} | {v['ratio_median']:+.2%} | "
+                         f"{v['ratio_worst']:+.2%} | {v['ours_spread']:.1%} | {v['peer_spread']:.1%} | {rtn} |")
     fp = ref.get(("fp", "fp"), {})
     head = (f"compresskit's GPTQ against GPTQModel's on the same calibration windows ({args.nsamples} x {args.seqlen} "
             f"tokens of `build_samples(tok, 'builtin', ...)` per seed: {', '.join(map(str, seeds))}), asymmetric, "

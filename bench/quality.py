@@ -3,8 +3,8 @@
     python bench/quality.py                       # full grid, settings chosen for the device
     python bench/quality.py --configs w4g64,w3g64 --methods rtn,gptq,omniquant --epochs 5
 
-Methods: fp, rtn, gptq (compresskit's own), gptq_act (act-order, static groups), gptq_gar
-(act_group_aware: group-aware reordering, as GPTQModel's default), nf4 (bitsandbytes, 4-bit,
+Methods: fp, rtn, gptq (compresskit's own, natural column order), gptq_act (act-order, static groups), gptq_gar
+(act_group_aware: group-aware reordering, GPTQModel's and compresskit's default), nf4 (bitsandbytes, 4-bit,
 blocksize 64), clipsearch (per-(row, group) clipping searched on each block's inputs, no training), omniquant
 (LWC for weight-only, LWC + LET for weight-activation, as the published scripts), omniquant_search (LWC
 started from the clipping search, early stopping with patience 2), omniquant_e2e (omniquant_search, then

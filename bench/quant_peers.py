@@ -6,7 +6,8 @@ calibration windows, same evaluation.
 
 Rows (W4 g64 and W3 g64, asymmetric where the method allows, embeddings kept float):
   fp, rtn, gptq, gptq_act, gptq_gar compresskit itself, run with this interpreter (``--main-python``);
-                                    gptq_gar: act_group_aware (group-aware reordering, as GPTQModel's default)
+                                    gptq: natural column order; gptq_gar: act_group_aware (group-aware
+                                    reordering, GPTQModel's and compresskit's default)
   omniquant_default                 compresskit's OmniQuant `cpu` preset, loaded from the checkpoint that
                                     ``bench/quality.py --save-models DIR`` saved (``--saved-models DIR``)
   gptqmodel                         GPTQModel's GPTQ, desc_act=False (its default: group-aware reordering on)
@@ -48,7 +49,7 @@ ONLY_W4 = ("nf4",)
 NOTES = {
     "fp": "compresskit, float32",
     "rtn": "compresskit RTN (asym)",
-    "gptq": "compresskit GPTQ (asym, damp 0.01)",
+    "gptq": "compresskit GPTQ, natural column order (act_group_aware=False; asym, damp 0.01)",
     "gptq_act": "compresskit GPTQ act-order, static groups",
     "gptq_gar": "compresskit GPTQ act_group_aware (group-aware reordering, per-group parameters when reached)",
     "omniquant_default": ("compresskit OmniQuant as `compresskit quantize --method omniquant` runs it on a CPU "

@@ -8,7 +8,7 @@ reference implementation and GPTQModel do: on the same Hessian the rounded weigh
 (tests/quant/test_gptq.py holds a column-by-column reference); the scales are stored as fp16. With ``act_order`` columns are rounded in order of decreasing Hessian
 diagonal (the inputs with the most energy first) and groups take their parameters up front from the
 original weights ("static groups", as GPTQModel's ``static_groups``), so ``g_idx`` stays ``i // group_size``
-and every kernel and loader reads the result. With ``act_group_aware`` (GPTQModel's default; Gafni et al.,
+and every kernel and loader reads the result. With ``act_group_aware`` (the default here and in GPTQModel; Gafni et al.,
 "Group Aware Reordering", CVPRW 2025) the groups stay the natural ones but are rounded in order of their
 largest Hessian diagonal, each group's columns by decreasing diagonal, and each group takes its parameters
 when it is reached: the ordering's gain without static groups. When the damped Hessian does not factor (dead or collinear
@@ -45,17 +45,22 @@ class GPTQConfig(CalibratedConfig):
     diagonal added for stability (raised tenfold, up to 1, while the Hessian does not factor);
     ``block_size`` columns are updated lazily together; ``act_order`` rounds columns by decreasing Hessian
     diagonal with static groups; ``act_group_aware`` orders whole groups (and the columns within each) by the
-    Hessian diagonal and takes each group's parameters when it is reached. The default calibration is 128 x 2048 tokens (at least 64K are advised:
-    the down projection's Hessian is 1536-8192 wide)."""
+    Hessian diagonal and takes each group's parameters when it is reached. Left unset, ``act_group_aware`` is on
+    unless ``act_order`` is, as in GPTQModel (on SmolLM2-135M, 16 x 512 tokens, W3 g64: held-out perplexity 55.56
+    and passkey 100% against natural order's 71.43 and 0-10%; W4 g64: 35.04 against 39.07); ``act_group_aware=False``
+    is the plain column order. The default calibration is 128 x 2048 tokens (at least 64K are advised: the down
+    projection's Hessian is 1536-8192 wide)."""
 
     method: str = "gptq"
     damp: float = 0.01
     block_size: int = 128
     act_order: bool = False
-    act_group_aware: bool = False
+    act_group_aware: bool | None = None  # None: on unless act_order
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.act_group_aware is None:
+            object.__setattr__(self, "act_group_aware", not self.act_order)
         if self.act_order and self.act_group_aware:
             raise ConfigError("act_order and act_group_aware are two column orders: set one of them")
         if not 0 < self.damp < 1:

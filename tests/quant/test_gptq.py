@@ -184,14 +184,22 @@ def test_group_aware_gptq_is_rtn_on_a_diagonal_hessian_and_beats_it_otherwise():
     assert s.shape == s_r.shape  # natural groups: g_idx stays i // group_size
 
 
+def test_group_aware_order_is_the_default_unless_act_order():
+    assert GPTQConfig(wbits=4).act_group_aware is True  # GPTQModel's default
+    assert GPTQConfig(wbits=4, act_order=True).act_group_aware is False
+    plain = GPTQConfig(wbits=4, act_group_aware=False)
+    assert plain.act_group_aware is False and GPTQConfig.from_dict(plain.to_dict()) == plain
+    assert GPTQConfig.from_dict(GPTQConfig(wbits=4).to_dict()).act_group_aware is True
+
+
 def test_act_order_and_act_group_aware_are_exclusive():
     with pytest.raises(ValueError, match="set one of them"):
         GPTQConfig(wbits=4, group_size=32, act_order=True, act_group_aware=True)
 
 
 def _gptq_with_plain_hooks(model, ids, entry: LinearEntry, batch_size: int) -> dict[str, torch.Tensor]:
-    """GPTQ over a whole model written another way: each linear group's inputs caught by hooks on full-model
-    forwards, quantized linears kept as float32-scale dense weights (inputs fake-quantized for W-A) while the
+    """GPTQ (group-aware order) over a whole model written another way: each linear group's inputs caught by hooks
+    on full-model forwards, quantized linears kept as float32-scale dense weights (inputs fake-quantized for W-A) while the
     rest is calibrated. Returns linear name -> codes."""
     from compresskit.core.arch import get_arch, get_module
     from compresskit.core.quant_math import quantize_activations
@@ -217,7 +225,7 @@ def _gptq_with_plain_hooks(model, ids, entry: LinearEntry, batch_size: int) -> d
                 h.remove()
             for n in group.linears:
                 lin = get_module(block, n)
-                q, s, z, _ = gptq_quantize(lin.weight, 2 * grams[n] / ids.numel(), entry)
+                q, s, z, _ = gptq_quantize(lin.weight, 2 * grams[n] / ids.numel(), entry, act_group_aware=True)
                 lin.weight.data = dequantize(q, s, z, entry.group_size)
                 if entry.abits < 16:
                     lin.register_forward_pre_hook(lambda m, a: (quantize_activations(a[0], entry.abits),))
