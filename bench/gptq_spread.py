@@ -10,10 +10,11 @@ perplexity by ~4% on 8K tokens, and running the later linears through fp16-scale
 moved compresskit's by up to 8% (results/quant_peers.md, docs/quantization.md). With the same stream and threads the
 two implementations give the same model; over seeds this shows how far the calibration draw moves both. For every
 seed this runs ``quant_peers.py`` with the pairs' methods (``--pairs``, default: natural column order ``gptq``
-against ``gptqmodel_plain``, and group-aware ``gptq_gar`` against ``gptqmodel``, both tools' default), perplexity only (held-out and docs at 2048), and keeps its table in
-``results/gptq_spread/seed<S>.{md,json}``; the first seed's run adds fp and RTN (seed-free). Seeds run
-``--parallel`` at a time (each row at ``--threads``). ``results/gptq_spread.{md,json}``: each draw, ours against
-GPTQModel, and per pair the medians and ranges over seeds. Seeds whose table exists are reused (``--rerun``).
+against ``gptqmodel_plain``, and group-aware ``gptq_gar`` against ``gptqmodel``, both tools' default), perplexity
+only (held-out and docs at 2048), and keeps its table in ``results/gptq_spread/seed<S>.{md,json}``; the first seed's
+run adds fp and RTN (seed-free). Seeds run ``--parallel`` at a time (each row at ``--threads``).
+``results/gptq_spread.{md,json}``: each draw, ours against GPTQModel, and per pair the medians and ranges over
+seeds. Seeds whose table exists are reused (``--rerun``).
 """
 from __future__ import annotations
 
