@@ -97,7 +97,7 @@ def run_block(block: nn.Module, x: torch.Tensor, kwargs: dict[str, Any], batch_s
                 a = x.detach().reshape(-1, x.shape[-1]).float()
                 g = a.t() @ a
                 shared[id(x)] = (x, g)  # holding x keeps its id from being reused within the micro-batch
-            stats[key] = g.clone() if key not in stats else stats[key] + g
+            stats[key] = stats[key] + g if key in stats else g  # out of place: the shared g is never written
             counts[key] = counts.get(key, 0) + x.numel() // x.shape[-1]
             done(key)
         hooks.append(module.register_forward_pre_hook(gram))
